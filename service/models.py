@@ -1,0 +1,53 @@
+"""All tables, one MetaData. Every key starts with portal_id (see DESIGN.md, "Storage")."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+INBOX_STATUSES = ("pending", "done", "failed", "dead", "ignored")
+
+# One row per distinct HubSpot event. The primary key is the dedupe key: eventId scoped by the
+# event's identity, never attemptNumber (HUBSPOT.md §2: eventId is not guaranteed unique).
+# Missing subscriptionId / objectId are stored as 0 so the key stays NOT NULL.
+inbox_events = sa.Table(
+    "inbox_events",
+    metadata,
+    sa.Column("portal_id", sa.BigInteger, nullable=False),
+    sa.Column("subscription_id", sa.BigInteger, nullable=False),
+    sa.Column("event_id", sa.BigInteger, nullable=False),
+    sa.Column("object_id", sa.BigInteger, nullable=False),
+    sa.Column("occurred_at", sa.BigInteger, nullable=False, comment="HubSpot occurredAt, epoch ms"),
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), nullable=False, unique=True),
+    sa.Column("subscription_type", sa.Text, nullable=False),
+    sa.Column("signature_version", sa.Text, nullable=False),
+    sa.Column(
+        "received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("payload", JSONB, nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column(
+        "next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("last_error", sa.Text),
+    sa.Column("processed_at", sa.DateTime(timezone=True)),
+    sa.PrimaryKeyConstraint("portal_id", "subscription_id", "event_id", "object_id", "occurred_at"),
+    sa.CheckConstraint("status IN ('pending', 'done', 'failed', 'dead', 'ignored')", name="status"),
+    sa.Index(
+        "ix_inbox_events_due",
+        "next_attempt_at",
+        postgresql_where=sa.text("status IN ('pending', 'failed')"),
+    ),
+    sa.Index("ix_inbox_events_received_at", "received_at"),
+)

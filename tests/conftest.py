@@ -1,0 +1,75 @@
+"""Shared fixtures: one real, migrated Postgres per test session; a clean slate per test."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from service import db
+from service.settings import Settings
+
+CLIENT_SECRET = "test-client-secret-0123456789"
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated database: a fresh one on TEST_DATABASE_URL's server, else an embedded server."""
+    configured = Settings.from_env({"DATABASE_URL": os.environ.get("TEST_DATABASE_URL", "")})
+    if configured.database_url is None:
+        with db.database_url_for(None, tmp_path_factory.mktemp("pg")) as server_url:
+            yield from _fresh_database(server_url)
+    else:
+        yield from _fresh_database(configured.database_url)
+
+
+def _fresh_database(server_url: str) -> Iterator[str]:
+    """Create a uniquely named database so concurrent test runs never share tables."""
+    name = f"hubspot_webhooks_test_{secrets.token_hex(4)}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        db.migrate(url)
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    """A synchronous engine on the test database, for reading rows back."""
+    eng = db.create_engine(database_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def clean_db(database_url: str, engine: sa.Engine) -> str:
+    """The test database URL, with every table emptied first."""
+    with engine.begin() as connection:
+        tables = connection.scalars(
+            sa.text(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                " AND tablename <> 'alembic_version'"
+            )
+        ).all()
+        if tables:
+            names = ", ".join(f'"{t}"' for t in tables)
+            connection.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    return database_url
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings as a deployment would have them, with a known client secret."""
+    return Settings.from_env(
+        {"HUBSPOT_CLIENT_SECRET": CLIENT_SECRET, "DATA_DIR": str(tmp_path / "data")}
+    )
