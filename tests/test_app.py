@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import httpx2
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -57,12 +58,12 @@ def v3_headers(
     }
 
 
-def post(client: TestClient, body: bytes, **kwargs: Any) -> httpx.Response:
+def post(client: TestClient, body: bytes, **kwargs: Any) -> httpx2.Response:
     """Sign `body` as HubSpot would and POST it."""
     return client.post("/webhooks/hubspot", content=body, headers=v3_headers(body, **kwargs))
 
 
-def post_events(client: TestClient, events: Any) -> httpx.Response:
+def post_events(client: TestClient, events: Any) -> httpx2.Response:
     return post(client, json.dumps(events).encode())
 
 
@@ -413,7 +414,7 @@ def test_public_url_setting_is_the_signed_uri_plus_raw_query(clean_db: str) -> N
     assert local_uri.status_code == 401
 
 
-def forwarded(client: TestClient, body: bytes) -> httpx.Response:
+def forwarded(client: TestClient, body: bytes) -> httpx2.Response:
     headers = v3_headers(body, uri=PUBLIC)
     headers |= {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "hooks.example.com"}
     return client.post("/webhooks/hubspot", content=body, headers=headers)
