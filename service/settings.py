@@ -27,9 +27,9 @@ class SettingsError(Exception):
 class Settings:
     """Validated service configuration. Build it with `Settings.from_env`."""
 
-    database_url: str | None = None
+    database_url: str | None = field(default=None, repr=False)  # may hold a password
     data_dir: Path = Path(".data")
-    client_secrets: tuple[str, ...] = ()
+    client_secrets: tuple[str, ...] = field(default=(), repr=False)
     access_token: str | None = field(default=None, repr=False)
     client_id: str | None = None
     webhook_public_url: str | None = None

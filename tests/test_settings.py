@@ -1,0 +1,116 @@
+"""Settings.from_env: defaults, normalisation, and one clear line per bad variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.settings import Settings, SettingsError
+
+
+def test_defaults_need_no_environment() -> None:
+    settings = Settings.from_env({})
+
+    assert settings.database_url is None
+    assert settings.data_dir == Path(".data")
+    assert settings.client_secrets == ()
+    assert settings.api_base_url == "https://api.hubapi.com"
+    assert settings.port == 8000
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.signature_tolerance_seconds == 300
+    assert settings.forwarded_allow_ips == ("127.0.0.1",)
+    assert settings.accept_legacy_signatures is False
+    assert settings.log_level == "INFO"
+    assert settings.log_format is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://u:p@db.internal:5432/app",
+        "postgresql://u:p@db.internal:5432/app",
+        "POSTGRES://u:p@db.internal:5432/app",
+    ],
+)
+def test_render_and_heroku_database_urls_are_normalised(url: str) -> None:
+    settings = Settings.from_env({"DATABASE_URL": url})
+
+    assert settings.database_url == "postgresql+psycopg://u:p@db.internal:5432/app"
+
+
+def test_client_secret_list_allows_rotation() -> None:
+    settings = Settings.from_env({"HUBSPOT_CLIENT_SECRET": " new , old ,"})
+
+    assert settings.client_secrets == ("new", "old")
+
+
+def test_values_are_parsed() -> None:
+    settings = Settings.from_env(
+        {
+            "PORT": "10000",
+            "MAX_BODY_BYTES": "2048",
+            "SIGNATURE_TOLERANCE_SECONDS": "60",
+            "FORWARDED_ALLOW_IPS": "10.0.0.0/8, 127.0.0.1",
+            "ACCEPT_LEGACY_SIGNATURES": "TRUE",
+            "WEBHOOK_PUBLIC_URL": "https://abc.ngrok-free.app/webhooks/hubspot",
+            "HUBSPOT_API_BASE_URL": "http://127.0.0.1:9999/",
+            "LOG_LEVEL": "debug",
+            "LOG_FORMAT": "console",
+        }
+    )
+
+    assert settings.port == 10000
+    assert settings.max_body_bytes == 2048
+    assert settings.signature_tolerance_seconds == 60
+    assert settings.forwarded_allow_ips == ("10.0.0.0/8", "127.0.0.1")
+    assert settings.accept_legacy_signatures is True
+    assert settings.webhook_public_url == "https://abc.ngrok-free.app/webhooks/hubspot"
+    assert settings.api_base_url == "http://127.0.0.1:9999"
+    assert settings.log_level == "DEBUG"
+    assert settings.log_format == "console"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "mysql://u@h/db"),
+        ("DATABASE_URL", "just-a-host"),
+        ("PORT", "eighty"),
+        ("PORT", "70000"),
+        ("MAX_BODY_BYTES", "-1"),
+        ("SIGNATURE_TOLERANCE_SECONDS", "0"),
+        ("WEBHOOK_PUBLIC_URL", "ngrok.app/webhooks/hubspot"),
+        ("WEBHOOK_PUBLIC_URL", "https://x.example/webhooks/hubspot?a=1"),
+        ("HUBSPOT_API_BASE_URL", "ftp://api.hubapi.com"),
+        ("SLACK_WEBHOOK_URL", "hooks.slack.com/services/x"),
+        ("FORWARDED_ALLOW_IPS", "10.0.0.0/8,proxy.local"),
+        ("ACCEPT_LEGACY_SIGNATURES", "maybe"),
+        ("LOG_LEVEL", "LOUD"),
+        ("LOG_FORMAT", "xml"),
+        ("ADMIN_TOKEN", "short"),
+        ("RULES_FILE", "/no/such/rules.toml"),
+        ("HUBSPOT_CLIENT_SECRET", " , "),
+    ],
+)
+def test_malformed_variable_is_named_in_one_line(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({name: value})
+
+    message = str(raised.value)
+    assert message.startswith(f"{name} is invalid: ")
+    assert "\n" not in message
+
+
+def test_missing_client_secret_is_named_when_required() -> None:
+    with pytest.raises(SettingsError, match="^HUBSPOT_CLIENT_SECRET is not set"):
+        Settings.from_env({}).require_client_secret()
+
+
+def test_secrets_are_not_in_the_repr() -> None:
+    settings = Settings.from_env(
+        {"HUBSPOT_CLIENT_SECRET": "s3cr3t-value", "HUBSPOT_ACCESS_TOKEN": "pat-na1-xyz"}
+    )
+
+    assert "s3cr3t-value" not in repr(settings)
+    assert "pat-na1-xyz" not in repr(settings)
