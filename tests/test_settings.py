@@ -103,7 +103,7 @@ def test_malformed_variable_is_named_in_one_line(name: str, value: str) -> None:
 
 
 def test_missing_client_secret_is_named_when_required() -> None:
-    with pytest.raises(SettingsError, match="^HUBSPOT_CLIENT_SECRET is not set"):
+    with pytest.raises(SettingsError, match=r"^HUBSPOT_CLIENT_SECRET is not set"):
         Settings.from_env({}).require_client_secret()
 
 
