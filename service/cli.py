@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import re
 import secrets
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from service import db
+from service import db, inbox
+from service.handlers.registry import load_modules
 from service.logs import configure_logging
 from service.settings import Settings, SettingsError
+from service.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +69,29 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--revision", default="head", help="target revision (default head)")
     migrate.set_defaults(run=_migrate)
 
+    worker = sub.add_parser(
+        "worker", help="apply stored events to the mirror (SIGTERM: finish, exit)"
+    )
+    worker.add_argument(
+        "--drain", action="store_true", help="apply everything due, then exit instead of waiting"
+    )
+    worker.set_defaults(run=_worker)
+
+    events = sub.add_parser("events", help="list inbox events, or show one: events [show] ID")
+    events.add_argument("show", nargs="*", metavar="ID", help="show this event in full")
+    _add_filters(events)
+    events.add_argument("--limit", type=int, default=50, help="rows to list (default 50)")
+    events.add_argument("--json", action="store_true", help="print JSON lines")
+    events.set_defaults(run=_events)
+
+    replay = sub.add_parser(
+        "replay", help="re-queue events by id, status, type or time (dead and ignored included)"
+    )
+    _add_filters(replay)
+    replay.add_argument("--id", type=int, action="append", default=[], help="inbox id (repeatable)")
+    replay.add_argument("--all", action="store_true", help="re-queue every event (no filter)")
+    replay.set_defaults(run=_replay)
+
     from service import sender
 
     sender.add_arguments(
@@ -67,6 +99,46 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.choices["send"].set_defaults(run=_send)
     return parser
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--status", action="append", default=[], choices=inbox.INBOX_STATUSES, help="repeatable"
+    )
+    parser.add_argument("--type", help="subscription type, e.g. contact.propertyChange")
+    parser.add_argument("--portal", type=int, help="portal (HubSpot account) id")
+    parser.add_argument("--object-id", type=int, help="HubSpot object id")
+    parser.add_argument("--since", type=_when, help="received at or after: ISO time or 30m, 2h, 1d")
+    parser.add_argument("--until", type=_when, help="received before: ISO time or 30m, 2h, 1d")
+
+
+_RELATIVE = re.compile(r"^(\d+)([smhd])$")
+
+
+def _when(value: str) -> datetime:
+    match = _RELATIVE.match(value)
+    if match:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+        return db.utcnow() - timedelta(**{unit: int(match.group(1))})
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an ISO time (2026-11-25T10:00Z) or an age (30m, 2h, 1d)"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=db.utcnow().tzinfo)
+
+
+def _filters(args: argparse.Namespace) -> inbox.Filters:
+    return inbox.Filters(
+        ids=tuple(getattr(args, "id", ())),
+        statuses=tuple(args.status),
+        subscription_type=args.type,
+        portal_id=args.portal,
+        object_id=args.object_id,
+        since=args.since,
+        until=args.until,
+    )
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -85,8 +157,10 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.client_secrets:
         settings = settings.with_overrides(client_secrets=(dev_client_secret(settings.data_dir),))
     port = args.port or settings.port
-    with db.database_url_for(settings.database_url, settings.data_dir) as url:
-        db.migrate(url)
+    with (
+        db.database_url_for(settings.database_url, settings.data_dir) as url,
+        _background_worker(settings, url),
+    ):
         local = f"http://{_display_host(args.host)}:{port}{WEBHOOK_PATH}"
         public = settings.webhook_public_url or "(set WEBHOOK_PUBLIC_URL for ngrok)"
         print(
@@ -101,9 +175,118 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format or "json")
+    where = (
+        "DATABASE_URL" if settings.database_url else f"the embedded database in {settings.data_dir}"
+    )
     with db.database_url_for(settings.database_url, settings.data_dir) as url:
         db.migrate(url, args.revision)
-    print(f"database at {args.revision}", file=sys.stderr)
+    print(f"migrated {where} to {args.revision}", file=sys.stderr)
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    configure_logging(settings.log_level, settings.log_format or "json")
+    if settings.database_url is None:
+        raise SettingsError("DATABASE_URL is not set: `worker` needs the service's database")
+    load_modules(settings.handler_modules)
+    engine = db.create_engine(settings.database_url, pool_size=1)
+    worker = _make_worker(settings, engine)
+    try:
+        if args.drain:
+            print(f"applied {worker.drain()} events", file=sys.stderr)
+            return 0
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        worker.run(stop)
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _make_worker(settings: Settings, engine: Any) -> Worker:
+    return Worker(
+        engine,
+        batch_size=settings.worker_batch_size,
+        max_attempts=settings.max_attempts,
+        poll_seconds=settings.worker_poll_seconds,
+    )
+
+
+@contextmanager
+def _background_worker(settings: Settings, url: str) -> Iterator[None]:
+    """`dev` runs a worker beside the web server, in a thread, until the server stops."""
+    load_modules(settings.handler_modules)
+    engine = db.create_engine(url, pool_size=1)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=_make_worker(settings, engine).run, args=(stop,), name="worker", daemon=True
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+        engine.dispose()
+
+
+@contextmanager
+def _operator_database(settings: Settings) -> Iterator[Any]:
+    """An engine on DATABASE_URL, or on the embedded server `dev` runs (started if needed)."""
+    with db.database_url_for(settings.database_url, settings.data_dir) as url:
+        engine = db.create_engine(url, pool_size=1)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+
+def _events(args: argparse.Namespace, settings: Settings) -> int:
+    ids = [a for a in args.show if a != "show"]
+    if not all(a.isdigit() for a in ids):
+        print("hubspot-webhooks events: ID must be an inbox id (a number)", file=sys.stderr)
+        return 2
+    with _operator_database(settings) as engine, engine.connect() as connection:
+        if ids:
+            for row_id in ids:
+                row = inbox.get_event(connection, int(row_id))
+                if row is None:
+                    print(f"no inbox event with id {row_id}", file=sys.stderr)
+                    return 1
+                print(json.dumps(dict(row._mapping), indent=2, default=str))
+            return 0
+        rows = inbox.list_events(connection, _filters(args), limit=args.limit)
+    if args.json:
+        for row in rows:
+            print(json.dumps(dict(row._mapping), default=str))
+        return 0
+    print(
+        f"{'id':>8}  {'status':<8} {'att':>3}  {'type':<32} {'portal':>10} {'object':>12}  received"
+    )
+    for row in rows:
+        print(
+            f"{row.id:>8}  {row.status:<8} {row.attempts:>3}  {row.subscription_type:<32}"
+            f" {row.portal_id:>10} {row.object_id:>12}  {row.received_at:%Y-%m-%d %H:%M:%S}"
+        )
+        if row.last_error and row.status in ("failed", "dead"):
+            print(f"{'':>10}error: {row.last_error.splitlines()[0][:120]}")
+    print(f"{len(rows)} events", file=sys.stderr)
+    return 0
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    filters = _filters(args)
+    if filters == inbox.Filters() and not args.all:
+        print(
+            "hubspot-webhooks replay: say which events (--id, --status, --type, --portal,"
+            " --object-id, --since, --until) or --all",
+            file=sys.stderr,
+        )
+        return 2
+    with _operator_database(settings) as engine, engine.begin() as connection:
+        count = inbox.replay(connection, filters)
+    print(f"re-queued {count} events")
     return 0
 
 
@@ -123,6 +306,9 @@ def _run_uvicorn(settings: Settings, database_url: str, host: str, port: int) ->
     from service.app import create_app
 
     app = create_app(settings, database_url=database_url)
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; exiting through SystemExit
+    # instead lets `finally` blocks run (the embedded database stops cleanly, the worker ends).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # proxy_headers off: service.app decides itself which peers' X-Forwarded-* to believe,
     # because the signed URL depends on them.
     uvicorn.run(app, host=host, port=port, proxy_headers=False, log_config=None, access_log=False)

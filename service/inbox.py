@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
 from psycopg import AsyncConnection
 
 from service.db import INBOX_CHANNEL
@@ -168,3 +170,150 @@ async def record_delivery(
     row = await cursor.fetchone()
     stored = int(row[0]) if row is not None else 0
     return RecordResult(received=len(batch.events), stored=stored)
+
+
+# --- the worker's side: claim due rows, settle them ------------------------------------------
+
+INBOX_STATUSES = ("pending", "done", "failed", "dead", "ignored")
+# Backoff after a failed attempt n (1-based): 5 s doubling to at most an hour, times 0.5-1.5
+# jitter so events that failed together do not all retry in the same instant.
+_BACKOFF_SQL = "least(3600, 5 * power(2, least(i.attempts, 20))) * (0.5 + random())"
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A due inbox row, locked by the claiming transaction."""
+
+    id: int
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How applying one claimed row ended: done, ignored or failed (with the error)."""
+
+    id: int
+    status: str
+    error: str | None = None
+
+
+_CLAIM = sa.text(
+    """
+    SELECT id, payload FROM inbox_events
+    WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
+    ORDER BY next_attempt_at, id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+    """
+)
+
+
+def claim_due(connection: sa.Connection, limit: int) -> list[Claimed]:
+    """Lock up to `limit` due rows; rows other workers hold are skipped, never waited for."""
+    return [Claimed(r.id, r.payload) for r in connection.execute(_CLAIM, {"limit": limit})]
+
+
+_SETTLE = sa.text(
+    f"""
+    UPDATE inbox_events i
+    SET status = CASE WHEN r.status = 'failed' AND i.attempts + 1 >= :max_attempts THEN 'dead'
+                      ELSE r.status END,
+        attempts = i.attempts + 1,
+        last_error = r.error,
+        processed_at = CASE WHEN r.status = 'failed' THEN i.processed_at ELSE now() END,
+        next_attempt_at = CASE WHEN r.status = 'failed'
+                               THEN now() + make_interval(secs => {_BACKOFF_SQL})
+                               ELSE i.next_attempt_at END
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(id bigint, status text, error text)
+    WHERE i.id = r.id
+    """
+)
+
+
+def settle(connection: sa.Connection, outcomes: list[Outcome], *, max_attempts: int) -> None:
+    """Record outcomes with one statement; a failure retries later, or is dead at the limit."""
+    if not outcomes:
+        return
+    rows = json.dumps([{"id": o.id, "status": o.status, "error": o.error} for o in outcomes])
+    connection.execute(_SETTLE, {"rows": rows, "max_attempts": max_attempts})
+
+
+# --- operating it: list, show, replay --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Which inbox rows an operator means."""
+
+    ids: tuple[int, ...] = ()
+    statuses: tuple[str, ...] = ()
+    subscription_type: str | None = None
+    portal_id: int | None = None
+    object_id: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def where(self) -> tuple[str, dict[str, Any]]:
+        """A SQL condition and its parameters."""
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
+        if self.ids:
+            clauses.append("id = ANY(:ids)")
+            params["ids"] = list(self.ids)
+        if self.statuses:
+            clauses.append("status = ANY(:statuses)")
+            params["statuses"] = list(self.statuses)
+        if self.subscription_type is not None:
+            clauses.append("subscription_type = :subscription_type")
+            params["subscription_type"] = self.subscription_type
+        if self.portal_id is not None:
+            clauses.append("portal_id = :portal_id")
+            params["portal_id"] = self.portal_id
+        if self.object_id is not None:
+            clauses.append("object_id = :object_id")
+            params["object_id"] = self.object_id
+        if self.since is not None:
+            clauses.append("received_at >= :since")
+            params["since"] = self.since
+        if self.until is not None:
+            clauses.append("received_at < :until")
+            params["until"] = self.until
+        return (" AND ".join(clauses) or "true"), params
+
+
+def list_events(connection: sa.Connection, filters: Filters, *, limit: int = 50) -> list[Any]:
+    """The newest inbox rows matching `filters` (without payloads)."""
+    where, params = filters.where()
+    return list(
+        connection.execute(
+            sa.text(
+                "SELECT id, portal_id, subscription_type, object_id, event_id, occurred_at,"
+                " status, attempts, received_at, processed_at, next_attempt_at, last_error"
+                f" FROM inbox_events WHERE {where} ORDER BY id DESC LIMIT :limit"
+            ),
+            {**params, "limit": limit},
+        )
+    )
+
+
+def get_event(connection: sa.Connection, event_row_id: int) -> Any | None:
+    """One inbox row with its payload and last error, or None."""
+    return connection.execute(
+        sa.text("SELECT * FROM inbox_events WHERE id = :id"), {"id": event_row_id}
+    ).first()
+
+
+def replay(connection: sa.Connection, filters: Filters) -> int:
+    """Re-queue matching rows (dead and ignored included) and wake the workers; returns count."""
+    where, params = filters.where()
+    result = connection.execute(
+        sa.text(
+            "UPDATE inbox_events SET status = 'pending', attempts = 0, next_attempt_at = now(),"
+            f" last_error = NULL WHERE {where}"
+        ),
+        params,
+    )
+    count = result.rowcount
+    if count:
+        connection.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": INBOX_CHANNEL})
+    return count

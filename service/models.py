@@ -50,4 +50,75 @@ inbox_events = sa.Table(
         postgresql_where=sa.text("status IN ('pending', 'failed')"),
     ),
     sa.Index("ix_inbox_events_received_at", "received_at"),
+    sa.Index("ix_inbox_events_object", "portal_id", "object_id"),
+)
+
+# The mirror: one row per CRM record. Every field is a last-writer-wins register whose version
+# is HubSpot's occurredAt (ms), so applying events in any order, any number of times, converges.
+crm_objects = sa.Table(
+    "crm_objects",
+    metadata,
+    sa.Column("portal_id", sa.BigInteger, nullable=False),
+    sa.Column("object_type", sa.Text, nullable=False),
+    sa.Column("object_id", sa.BigInteger, nullable=False),
+    sa.Column("properties", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column(
+        "versions",
+        JSONB,
+        nullable=False,
+        server_default=sa.text("'{}'::jsonb"),
+        comment="property name -> occurredAt ms of the value held",
+    ),
+    sa.Column("archived", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("archived_version", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("merged_into", sa.BigInteger),
+    sa.Column("merged_version", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("erased", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("erased_version", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column(
+        "first_seen", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.PrimaryKeyConstraint("portal_id", "object_type", "object_id"),
+)
+
+crm_associations = sa.Table(
+    "crm_associations",
+    metadata,
+    sa.Column("portal_id", sa.BigInteger, nullable=False),
+    sa.Column("from_type", sa.Text, nullable=False),
+    sa.Column("from_id", sa.BigInteger, nullable=False),
+    sa.Column("to_type", sa.Text, nullable=False),
+    sa.Column("to_id", sa.BigInteger, nullable=False),
+    sa.Column("association_type", sa.Text, nullable=False),
+    sa.Column("present", sa.Boolean, nullable=False),
+    sa.Column("is_primary", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.PrimaryKeyConstraint(
+        "portal_id", "from_type", "from_id", "to_type", "to_id", "association_type"
+    ),
+)
+
+# One row per record to fetch from HubSpot, however many events ask for it.
+hydration_requests = sa.Table(
+    "hydration_requests",
+    metadata,
+    sa.Column("portal_id", sa.BigInteger, nullable=False),
+    sa.Column("object_type", sa.Text, nullable=False),
+    sa.Column("object_id", sa.BigInteger, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column(
+        "requested_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column(
+        "next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("last_error", sa.Text),
+    sa.PrimaryKeyConstraint("portal_id", "object_type", "object_id"),
 )

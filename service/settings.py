@@ -45,6 +45,10 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1",)
     accept_legacy_signatures: bool = False
     db_pool_size: int = 10
+    worker_batch_size: int = 500
+    max_attempts: int = 10
+    worker_poll_seconds: float = 5.0
+    handler_modules: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -72,6 +76,10 @@ class Settings:
             forwarded_allow_ips=r.get("FORWARDED_ALLOW_IPS", _ip_list) or ("127.0.0.1",),
             accept_legacy_signatures=r.get("ACCEPT_LEGACY_SIGNATURES", _bool) or False,
             db_pool_size=r.get("DATABASE_POOL_SIZE", _int_range(1, 200)) or 10,
+            worker_batch_size=r.get("WORKER_BATCH_SIZE", _int_range(1, 10_000)) or 500,
+            max_attempts=r.get("MAX_ATTEMPTS", _int_range(1, 100)) or 10,
+            worker_poll_seconds=r.get("WORKER_POLL_SECONDS", _seconds) or 5.0,
+            handler_modules=r.get("HANDLER_MODULES", _module_list) or (),
         )
 
     def require_client_secret(self) -> tuple[str, ...]:
@@ -184,6 +192,24 @@ def _existing_file(value: str) -> Path:
     if not path.is_file():
         raise ValueError(f"no such file: {value}")
     return path
+
+
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {value!r}") from None
+    if not 0.05 <= number <= 3600:
+        raise ValueError(f"expected 0.05 to 3600 seconds, got {value}")
+    return number
+
+
+def _module_list(value: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    for name in names:
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise ValueError(f"{name!r} is not a Python module name")
+    return names
 
 
 def _ip_list(value: str) -> tuple[str, ...]:

@@ -1,0 +1,126 @@
+"""The handler registry: user code reacts to normalised events inside the apply transaction.
+
+    from service.handlers import registry
+
+    @registry.on("deals", "property_change", prop="dealstage")
+    def deal_stage_changed(event: Event, session: Session) -> None: ...
+
+Handlers run after the built-in mirror has applied the event's batch, in the same transaction,
+each event in its own savepoint: a handler that raises fails only its event, which is retried.
+A typo fails at import, not in production: a duplicate key or an unknown kind raises there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from service.events import CLASSIC_TYPES, OBJECT_TYPE_IDS, Event, Kind
+
+Handler = Callable[[Event, Session], None]
+HandlerKey = tuple[str, Kind, str | None]
+ANY_TYPE = "*"
+_TYPE_NAME = re.compile(r"^(\*|[a-z_]+|[0-9]+-[0-9]+)$")
+
+
+class DuplicateHandler(Exception):
+    """Two handlers were registered for the same (object type, kind, property)."""
+
+
+class UnknownKind(Exception):
+    """A handler was registered for an event kind (or object type) that does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A handler and where it was defined (for error messages)."""
+
+    handler: Handler
+    where: str
+
+
+def _where(fn: Callable[..., object]) -> str:
+    try:
+        return f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]} ({fn.__qualname__})"
+    except (OSError, TypeError):
+        return fn.__qualname__
+
+
+def _caller() -> str:
+    frame = inspect.stack()[2]
+    return f"{frame.filename}:{frame.lineno}"
+
+
+def normalise_object_type(object_type: str) -> str:
+    """`contact`, `contacts` and `0-1` all name contacts; `2-NNN` and `*` are kept."""
+    if object_type in OBJECT_TYPE_IDS:
+        return OBJECT_TYPE_IDS[object_type]
+    return CLASSIC_TYPES.get(object_type, object_type)
+
+
+class Registry:
+    """Handlers by (object type, kind, optional property)."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[HandlerKey, Registration] = {}
+
+    def on(
+        self, object_type: str, kind: Kind | str, *, prop: str | None = None
+    ) -> Callable[[Handler], Handler]:
+        """Register the decorated function for events of this type and kind (and property)."""
+        place = _caller()
+        try:
+            kind = Kind(kind)
+        except ValueError:
+            kinds = ", ".join(k.value for k in Kind)
+            raise UnknownKind(
+                f"unknown event kind {kind!r} at {place}; the kinds are: {kinds}"
+            ) from None
+        if not _TYPE_NAME.match(object_type):
+            raise UnknownKind(
+                f"unknown object type {object_type!r} at {place}; use e.g. contacts, deals, "
+                "0-3, 2-12345 or * for any"
+            )
+        key: HandlerKey = (normalise_object_type(object_type), kind, prop)
+
+        def register(fn: Handler) -> Handler:
+            existing = self._handlers.get(key)
+            if existing is not None:
+                raise DuplicateHandler(
+                    f"{key} is handled twice: by {existing.where} and by {_where(fn)}"
+                )
+            self._handlers[key] = Registration(fn, _where(fn))
+            return fn
+
+        return register
+
+    def handlers_for(self, event: Event) -> list[Handler]:
+        """The handlers that apply to `event`, most specific first."""
+        found: list[Handler] = []
+        for object_type in (event.object_type, ANY_TYPE):
+            for prop in (event.property_name, None) if event.property_name else (None,):
+                registration = self._handlers.get((object_type, event.kind, prop))
+                if registration is not None:
+                    found.append(registration.handler)
+        return found
+
+    def clear(self) -> None:
+        """Forget every handler (tests)."""
+        self._handlers.clear()
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+
+registry = Registry()
+
+
+def load_modules(names: Iterable[str]) -> None:
+    """Import the modules that register user handlers (HANDLER_MODULES)."""
+    for name in names:
+        importlib.import_module(name)

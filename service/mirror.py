@@ -1,0 +1,428 @@
+"""Set-based SQL that applies a batch of events to the mirror.
+
+Every mirrored field is a last-writer-wins register versioned by HubSpot's occurredAt (ms), with
+a fixed tie-break, so any order, batching and repetition of the same events converges on the
+same rows. Each step pre-aggregates the batch in Python (one row per key, as ON CONFLICT DO
+UPDATE requires) and writes it with one statement. Functions take a connection and never commit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from service.events import Event, Kind, inverse_association_type, is_mirrored
+
+ObjectKey = tuple[int, str, int]
+
+# Kinds the built-in mirror applies, for every mirrored object type.
+MIRROR_KINDS = frozenset(
+    {
+        Kind.CREATION,
+        Kind.DELETION,
+        Kind.RESTORE,
+        Kind.PROPERTY_CHANGE,
+        Kind.MERGE,
+        Kind.ASSOCIATION_CHANGE,
+        Kind.PRIVACY_DELETION,
+    }
+)
+
+
+def handles(event: Event) -> bool:
+    """Whether the built-in mirror has something to do with `event`."""
+    if not is_mirrored(event.object_type) or event.kind not in MIRROR_KINDS:
+        return False
+    if event.kind is Kind.PRIVACY_DELETION:
+        return event.object_type == "contacts" and event.object_id is not None
+    if event.kind is Kind.ASSOCIATION_CHANGE:
+        return event.association is not None
+    if event.kind is Kind.MERGE:
+        return event.survivor_id is not None
+    return event.object_id is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Hydration:
+    """A record whose current state must be fetched from HubSpot."""
+
+    key: ObjectKey
+    reason: str
+
+
+def apply_events(connection: sa.Connection, events: Sequence[Event]) -> None:
+    """Apply every mirror-relevant event of `events` with a handful of statements."""
+    mine = [e for e in events if handles(e)]
+    if not mine:
+        return
+    by_kind: dict[Kind, list[Event]] = {}
+    for event in mine:
+        by_kind.setdefault(event.kind, []).append(event)
+    # Erasure first: later steps then see the tombstone, whatever order the batch came in.
+    erase_contacts(connection, by_kind.get(Kind.PRIVACY_DELETION, []))
+    lifecycle = [
+        *by_kind.get(Kind.CREATION, []),
+        *by_kind.get(Kind.DELETION, []),
+        *by_kind.get(Kind.RESTORE, []),
+    ]
+    apply_lifecycle(connection, lifecycle)
+    changes = by_kind.get(Kind.PROPERTY_CHANGE, [])
+    apply_property_changes(connection, changes)
+    merges = by_kind.get(Kind.MERGE, [])
+    apply_merges(connection, merges)
+    apply_associations(connection, by_kind.get(Kind.ASSOCIATION_CHANGE, []))
+    wanted = [
+        Hydration(e.key, e.kind.value) for e in lifecycle if e.kind in (Kind.CREATION, Kind.RESTORE)
+    ]
+    wanted += [Hydration(e.key, "redacted") for e in changes if e.redacted]
+    wanted += [
+        Hydration((e.portal_id, e.object_type, e.survivor_id), "merge")
+        for e in merges
+        if e.survivor_id is not None
+    ]
+    request_hydration(connection, wanted)
+    scrub_erased_events(connection, [e for e in changes if e.object_type == "contacts"])
+
+
+def _rows(rows: Iterable[dict[str, Any]]) -> str:
+    return json.dumps(list(rows), ensure_ascii=False)
+
+
+# --- privacy ---------------------------------------------------------------------------------
+
+_ERASE = sa.text(
+    """
+    INSERT INTO crm_objects AS o (portal_id, object_type, object_id, erased, erased_version)
+    SELECT r.portal_id, 'contacts', r.object_id, true, r.version
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, object_id bigint, version bigint)
+    ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
+    SET erased = true,
+        erased_version = greatest(o.erased_version, EXCLUDED.erased_version),
+        properties = '{}'::jsonb,
+        versions = '{}'::jsonb,
+        updated_at = now()
+    """
+)
+_FORGET_HYDRATION = sa.text(
+    """
+    DELETE FROM hydration_requests h
+    USING jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(portal_id bigint, object_id bigint)
+    WHERE h.portal_id = r.portal_id AND h.object_type = 'contacts' AND h.object_id = r.object_id
+    """
+)
+# The contact's values leave every stored raw event too; the event itself stays, marked.
+_SCRUB = sa.text(
+    """
+    UPDATE inbox_events i
+    SET payload = (i.payload - 'propertyValue')
+                  || jsonb_build_object('propertyValue', NULL, 'erased', true)
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(portal_id bigint, object_id bigint)
+    WHERE i.portal_id = r.portal_id
+      AND i.object_id = r.object_id
+      AND i.payload ? 'propertyValue'
+      AND jsonb_typeof(i.payload->'propertyValue') <> 'null'
+      AND (i.subscription_type LIKE 'contact.%' OR i.payload->>'objectTypeId' = '0-1')
+    """
+)
+
+
+def erase_contacts(connection: sa.Connection, events: Sequence[Event]) -> None:
+    """contact.privacyDeletion: erase, forget pending fetches, scrub stored events; a tombstone."""
+    if not events:
+        return
+    latest: dict[tuple[int, int], int] = {}
+    for e in events:
+        assert e.object_id is not None
+        key = (e.portal_id, e.object_id)
+        latest[key] = max(latest.get(key, 0), e.occurred_at)
+    rows = _rows(
+        {"portal_id": p, "object_id": o, "version": v} for (p, o), v in sorted(latest.items())
+    )
+    connection.execute(_ERASE, {"rows": rows})
+    connection.execute(_FORGET_HYDRATION, {"rows": rows})
+    connection.execute(_SCRUB, {"rows": rows})
+
+
+_ERASED_AMONG = sa.text(
+    """
+    SELECT o.portal_id, o.object_id
+    FROM crm_objects o
+    JOIN jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(portal_id bigint, object_id bigint)
+      ON o.portal_id = r.portal_id AND o.object_type = 'contacts' AND o.object_id = r.object_id
+    WHERE o.erased
+    """
+)
+
+
+def scrub_erased_events(connection: sa.Connection, events: Sequence[Event]) -> None:
+    """Scrub late-arriving events about contacts that are already erased."""
+    keys = {(e.portal_id, e.object_id) for e in events if e.object_id is not None}
+    if not keys:
+        return
+    rows = _rows({"portal_id": p, "object_id": o} for p, o in sorted(keys))
+    erased = connection.execute(_ERASED_AMONG, {"rows": rows}).all()
+    if erased:
+        scrub = _rows({"portal_id": p, "object_id": o} for p, o in erased)
+        connection.execute(_SCRUB, {"rows": scrub})
+
+
+# --- creation, deletion, restore -------------------------------------------------------------
+
+_LIFECYCLE = sa.text(
+    """
+    INSERT INTO crm_objects AS o (portal_id, object_type, object_id, archived, archived_version)
+    SELECT r.portal_id, r.object_type, r.object_id, r.archived, r.version
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, object_type text, object_id bigint, archived boolean,
+              version bigint)
+    ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
+    SET archived = EXCLUDED.archived,
+        archived_version = EXCLUDED.archived_version,
+        updated_at = now()
+    WHERE EXCLUDED.archived_version > o.archived_version
+       OR (EXCLUDED.archived_version = o.archived_version AND EXCLUDED.archived AND NOT o.archived)
+    """
+)
+
+
+def apply_lifecycle(connection: sa.Connection, events: Sequence[Event]) -> None:
+    """Deletion archives, creation and restore un-archive: the latest by occurredAt wins.
+
+    An older event never overturns a newer one; at the same instant deletion wins.
+    """
+    if not events:
+        return
+    state: dict[ObjectKey, tuple[int, bool]] = {}
+    for e in events:
+        candidate = (e.occurred_at, e.kind is Kind.DELETION)
+        state[e.key] = max(state.get(e.key, candidate), candidate)
+    rows = _rows(
+        {"portal_id": p, "object_type": t, "object_id": o, "version": v, "archived": a}
+        for (p, t, o), (v, a) in sorted(state.items())
+    )
+    connection.execute(_LIFECYCLE, {"rows": rows})
+
+
+# --- property changes ------------------------------------------------------------------------
+
+# A property's new value wins when its version is newer, or equal with a greater value (code
+# point order, as Python compares, hence COLLATE "C"): the same winner from any order.
+_WINS = """
+    (o.versions->>{key}) IS NULL
+    OR (EXCLUDED.versions->>{key})::bigint > (o.versions->>{key})::bigint
+    OR ((EXCLUDED.versions->>{key})::bigint = (o.versions->>{key})::bigint
+        AND (EXCLUDED.properties->>{key}) COLLATE "C" > (o.properties->>{key}) COLLATE "C")
+"""
+_PROPERTIES = sa.text(
+    f"""
+    INSERT INTO crm_objects AS o (portal_id, object_type, object_id, properties, versions)
+    SELECT r.portal_id, r.object_type, r.object_id, r.properties, r.versions
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, object_type text, object_id bigint, properties jsonb,
+              versions jsonb)
+    ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
+    SET properties = o.properties || coalesce(
+            (SELECT jsonb_object_agg(n.key, n.value) FROM jsonb_each(EXCLUDED.properties) n
+             WHERE {_WINS.format(key="n.key")}),
+            '{{}}'::jsonb),
+        versions = o.versions || coalesce(
+            (SELECT jsonb_object_agg(n.key, n.value) FROM jsonb_each(EXCLUDED.versions) n
+             WHERE {_WINS.format(key="n.key")}),
+            '{{}}'::jsonb),
+        updated_at = now()
+    WHERE NOT o.erased
+    """
+)
+
+
+def apply_property_changes(connection: sa.Connection, events: Sequence[Event]) -> None:
+    """Per-property last-writer-wins; `REDACTED` values are never stored (they are fetched)."""
+    winners: dict[ObjectKey, dict[str, tuple[int, str]]] = {}
+    for e in events:
+        if e.property_name is None or e.property_value is None or e.redacted:
+            continue
+        props = winners.setdefault(e.key, {})
+        candidate = (e.occurred_at, e.property_value)
+        current = props.get(e.property_name)
+        if current is None or candidate > current:
+            props[e.property_name] = candidate
+    if not winners:
+        return
+    rows = _rows(
+        {
+            "portal_id": p,
+            "object_type": t,
+            "object_id": o,
+            "properties": {name: value for name, (_, value) in props.items()},
+            "versions": {name: version for name, (version, _) in props.items()},
+        }
+        for (p, t, o), props in sorted(winners.items())
+    )
+    connection.execute(_PROPERTIES, {"rows": rows})
+
+
+# --- merges ----------------------------------------------------------------------------------
+
+_MERGED = sa.text(
+    """
+    INSERT INTO crm_objects AS o (portal_id, object_type, object_id, merged_into, merged_version)
+    SELECT r.portal_id, r.object_type, r.object_id, r.merged_into, r.version
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, object_type text, object_id bigint, merged_into bigint,
+              version bigint)
+    ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
+    SET merged_into = EXCLUDED.merged_into,
+        merged_version = EXCLUDED.merged_version,
+        updated_at = now()
+    WHERE EXCLUDED.merged_version > o.merged_version
+       OR (EXCLUDED.merged_version = o.merged_version
+           AND EXCLUDED.merged_into > coalesce(o.merged_into, -1))
+    """
+)
+_ENSURE = sa.text(
+    """
+    INSERT INTO crm_objects (portal_id, object_type, object_id)
+    SELECT r.portal_id, r.object_type, r.object_id
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, object_type text, object_id bigint)
+    ON CONFLICT DO NOTHING
+    """
+)
+
+
+def apply_merges(connection: sa.Connection, events: Sequence[Event]) -> None:
+    """Mark the merged-away records as merged into the survivor; make sure the survivor exists.
+
+    Associations of the losers follow them to the survivor in the `hubspot_associations` view,
+    which resolves `merged_into` at read time, so a late association event lands right too.
+    """
+    losers: dict[ObjectKey, tuple[int, int]] = {}
+    survivors: set[ObjectKey] = set()
+    for e in events:
+        assert e.survivor_id is not None
+        survivors.add((e.portal_id, e.object_type, e.survivor_id))
+        for loser in e.merge_losers:
+            key = (e.portal_id, e.object_type, loser)
+            candidate = (e.occurred_at, e.survivor_id)
+            losers[key] = max(losers.get(key, candidate), candidate)
+    if survivors:
+        rows = _rows(
+            {"portal_id": p, "object_type": t, "object_id": o} for p, t, o in sorted(survivors)
+        )
+        connection.execute(_ENSURE, {"rows": rows})
+    if losers:
+        rows = _rows(
+            {"portal_id": p, "object_type": t, "object_id": o, "version": v, "merged_into": s}
+            for (p, t, o), (v, s) in sorted(losers.items())
+        )
+        connection.execute(_MERGED, {"rows": rows})
+
+
+# --- associations ----------------------------------------------------------------------------
+
+_ASSOCIATIONS = sa.text(
+    """
+    INSERT INTO crm_associations AS a
+        (portal_id, from_type, from_id, to_type, to_id, association_type, present, is_primary,
+         version)
+    SELECT r.portal_id, r.from_type, r.from_id, r.to_type, r.to_id, r.association_type,
+           r.present, r.is_primary, r.version
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, from_type text, from_id bigint, to_type text, to_id bigint,
+              association_type text, present boolean, is_primary boolean, version bigint)
+    ON CONFLICT (portal_id, from_type, from_id, to_type, to_id, association_type) DO UPDATE
+    SET present = CASE WHEN EXCLUDED.version > a.version THEN EXCLUDED.present
+                       ELSE a.present AND EXCLUDED.present END,
+        is_primary = CASE WHEN EXCLUDED.version > a.version THEN EXCLUDED.is_primary
+                          ELSE a.is_primary OR EXCLUDED.is_primary END,
+        version = EXCLUDED.version,
+        updated_at = now()
+    WHERE EXCLUDED.version >= a.version
+    """
+)
+
+AssociationKey = tuple[int, str, int, str, int, str]
+
+
+def apply_associations(connection: sa.Connection, events: Sequence[Event]) -> None:
+    """Add or remove associations, on both sides; a primary twin is stored once.
+
+    Per association the latest event wins; at the same instant removal wins and primary is kept.
+    """
+    state: dict[AssociationKey, tuple[int, bool, bool]] = {}
+
+    def join(key: AssociationKey, version: int, present: bool, primary: bool) -> None:
+        current = state.get(key)
+        if current is None or version > current[0]:
+            state[key] = (version, present, primary)
+        elif version == current[0]:
+            state[key] = (version, current[1] and present, current[2] or primary)
+
+    for e in events:
+        a = e.association
+        assert a is not None
+        present = not a.removed
+        join(
+            (e.portal_id, a.from_type, a.from_id, a.to_type, a.to_id, a.association_type),
+            e.occurred_at,
+            present,
+            a.primary,
+        )
+        inverse = inverse_association_type(a.association_type)
+        if inverse is not None:
+            key = (e.portal_id, a.to_type, a.to_id, a.from_type, a.from_id, inverse)
+            join(key, e.occurred_at, present, a.primary)
+    if not state:
+        return
+    rows = _rows(
+        {
+            "portal_id": k[0],
+            "from_type": k[1],
+            "from_id": k[2],
+            "to_type": k[3],
+            "to_id": k[4],
+            "association_type": k[5],
+            "version": v,
+            "present": present,
+            "is_primary": primary,
+        }
+        for k, (v, present, primary) in sorted(state.items())
+    )
+    connection.execute(_ASSOCIATIONS, {"rows": rows})
+
+
+# --- hydration requests ----------------------------------------------------------------------
+
+_HYDRATE = sa.text(
+    """
+    INSERT INTO hydration_requests (portal_id, object_type, object_id, reason)
+    SELECT r.portal_id, r.object_type, r.object_id, r.reason
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, object_type text, object_id bigint, reason text)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM crm_objects o
+        WHERE o.portal_id = r.portal_id AND o.object_type = r.object_type
+          AND o.object_id = r.object_id AND o.erased
+    )
+    ON CONFLICT DO NOTHING
+    """
+)
+
+
+def request_hydration(connection: sa.Connection, wanted: Sequence[Hydration]) -> None:
+    """Record that these records must be fetched; one row per record however often asked."""
+    first: dict[ObjectKey, str] = {}
+    for item in wanted:
+        first.setdefault(item.key, item.reason)
+    if not first:
+        return
+    rows = _rows(
+        {"portal_id": p, "object_type": t, "object_id": o, "reason": r}
+        for (p, t, o), r in sorted(first.items())
+    )
+    connection.execute(_HYDRATE, {"rows": rows})

@@ -1,0 +1,170 @@
+"""The worker: claims due inbox rows and applies them; the one broad `except` boundary.
+
+Each batch is claimed with FOR UPDATE SKIP LOCKED and applied in the claiming transaction, so a
+crash anywhere rolls the whole batch back (nothing applied, rows still due) and several workers
+never hold the same row. The mirror is applied set-based for the batch; if that fails, events
+are applied one by one, each in a savepoint, so one bad event cannot hold up the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from service import db, inbox, mirror
+from service.events import Event, normalise
+from service.handlers.registry import Registry, registry
+
+log = logging.getLogger(__name__)
+
+_ERROR_LIMIT = 4000
+
+
+@dataclass
+class BatchReport:
+    """What one batch did, by outcome."""
+
+    claimed: int = 0
+    done: int = 0
+    ignored: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Worker:
+    """Applies inbox rows to the mirror and runs user handlers."""
+
+    engine: sa.Engine
+    batch_size: int = 500
+    max_attempts: int = 10
+    poll_seconds: float = 5.0
+    handlers: Registry = field(default_factory=lambda: registry)
+
+    def run_batch(self) -> BatchReport:
+        """Claim, apply and settle one batch in one transaction."""
+        started = time.perf_counter()
+        with self.engine.begin() as connection:
+            claimed = inbox.claim_due(connection, self.batch_size)
+            outcomes = self._apply(connection, claimed) if claimed else []
+            inbox.settle(connection, outcomes, max_attempts=self.max_attempts)
+        report = BatchReport(claimed=len(claimed), seconds=time.perf_counter() - started)
+        for outcome in outcomes:
+            if outcome.status == "done":
+                report.done += 1
+            elif outcome.status == "ignored":
+                report.ignored += 1
+            else:
+                report.failed += 1
+        if claimed:
+            log.info(
+                "batch_applied",
+                extra={
+                    "claimed": report.claimed,
+                    "done": report.done,
+                    "ignored": report.ignored,
+                    "failed": report.failed,
+                    "ms": round(report.seconds * 1000, 1),
+                },
+            )
+        return report
+
+    def drain(self) -> int:
+        """Apply batches until nothing is due; returns the number of rows claimed."""
+        total = 0
+        while (report := self.run_batch()).claimed:
+            total += report.claimed
+        return total
+
+    def run(self, stop: threading.Event) -> None:
+        """Apply until `stop` is set; wake on the ingest NOTIFY, poll as a fallback.
+
+        `stop` is only checked between batches: the current batch always finishes.
+        """
+        listener: psycopg.Connection[object] | None = None
+        log.info("worker_started", extra={"batch_size": self.batch_size})
+        while not stop.is_set():
+            try:
+                if listener is None:
+                    listener = self._listen()
+                if self.run_batch().claimed:
+                    continue
+                self._wait(listener, stop)
+            except Exception as exc:  # noqa: BLE001 - the worker must outlive database blips
+                # The type only: driver messages can quote row values (personal data).
+                log.error("worker_error", extra={"error": type(exc).__name__})
+                if listener is not None:
+                    listener.close()
+                    listener = None
+                stop.wait(min(self.poll_seconds, 5.0))
+        if listener is not None:
+            listener.close()
+        log.info("worker_stopped")
+
+    def _listen(self) -> psycopg.Connection[object]:
+        url = db.libpq_url(self.engine.url.render_as_string(hide_password=False))
+        connection: psycopg.Connection[object] = psycopg.connect(url, autocommit=True)
+        connection.execute(f"LISTEN {db.INBOX_CHANNEL}")
+        return connection
+
+    def _wait(self, listener: psycopg.Connection[object], stop: threading.Event) -> None:
+        deadline = time.monotonic() + self.poll_seconds
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            # Short slices so a stop request is seen within a second.
+            if list(listener.notifies(timeout=min(remaining, 1.0), stop_after=1)):
+                return
+
+    def _apply(
+        self, connection: sa.Connection, claimed: list[inbox.Claimed]
+    ) -> list[inbox.Outcome]:
+        outcomes: dict[int, inbox.Outcome] = {}
+        events: list[Event] = []
+        for row in claimed:
+            try:
+                events.append(normalise(row.id, row.payload))
+            except Exception as exc:  # noqa: BLE001 - a malformed row fails alone
+                outcomes[row.id] = _failed(row.id, exc)
+        try:
+            with connection.begin_nested():
+                mirror.apply_events(connection, events)
+        except Exception:  # noqa: BLE001 - find the culprit by applying one at a time
+            log.warning("batch_apply_failed_retrying_singly", extra={"events": len(events)})
+            for event in events:
+                try:
+                    with connection.begin_nested():
+                        mirror.apply_events(connection, [event])
+                except Exception as exc:  # noqa: BLE001 - this event fails, the rest go on
+                    outcomes[event.inbox_id] = _failed(event.inbox_id, exc)
+        for event in events:
+            if event.inbox_id in outcomes:
+                continue
+            handlers = self.handlers.handlers_for(event)
+            if handlers:
+                try:
+                    with connection.begin_nested(), Session(bind=connection) as session:
+                        for handler in handlers:
+                            handler(event, session)
+                        session.flush()
+                except Exception as exc:  # noqa: BLE001 - a user handler fails its event only
+                    outcomes[event.inbox_id] = _failed(event.inbox_id, exc)
+                    continue
+            handled = bool(handlers) or mirror.handles(event)
+            outcomes[event.inbox_id] = inbox.Outcome(
+                event.inbox_id, "done" if handled else "ignored"
+            )
+        return [outcomes[row.id] for row in claimed]
+
+
+def _failed(row_id: int, exc: BaseException) -> inbox.Outcome:
+    detail = "".join(traceback.format_exception(exc))
+    return inbox.Outcome(row_id, "failed", f"{type(exc).__name__}: {exc}\n{detail}"[:_ERROR_LIMIT])
