@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
-from service import db
+from service import db, inbox
+from service.handlers.registry import Registry
 from service.settings import Settings
+from service.worker import Worker
 
 CLIENT_SECRET = "test-client-secret-0123456789"
 
@@ -73,3 +79,32 @@ def settings(tmp_path: Path) -> Settings:
     return Settings.from_env(
         {"HUBSPOT_CLIENT_SECRET": CLIENT_SECRET, "DATA_DIR": str(tmp_path / "data")}
     )
+
+
+def store_events(database_url: str, events: list[dict[str, Any]], *, version: str = "v3") -> int:
+    """Store events through the ingest path (service.inbox), as the endpoint does; returns stored."""
+
+    async def record() -> int:
+        connection = await psycopg.AsyncConnection.connect(
+            db.libpq_url(database_url), autocommit=True
+        )
+        async with connection:
+            batch = inbox.parse_batch(json.dumps(events).encode())
+            return (
+                await inbox.record_delivery(connection, batch, signature_version=version)
+            ).stored
+
+    return asyncio.run(record())
+
+
+@pytest.fixture
+def store(clean_db: str) -> Callable[[list[dict[str, Any]]], int]:
+    """Store events in the (clean) test database's inbox."""
+    return lambda events: store_events(clean_db, events)
+
+
+@pytest.fixture
+def worker(clean_db: str, engine: sa.Engine) -> Iterator[Worker]:
+    """A worker on the test database, with no user handlers registered."""
+    handlers = Registry()
+    yield Worker(engine, batch_size=500, max_attempts=3, handlers=handlers)
