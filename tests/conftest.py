@@ -82,7 +82,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def store_events(database_url: str, events: list[dict[str, Any]], *, version: str = "v3") -> int:
-    """Store events through the ingest path (service.inbox), as the endpoint does; returns stored."""
+    """Store events through the ingest path (service.inbox), as the endpoint does."""
 
     async def record() -> int:
         connection = await psycopg.AsyncConnection.connect(
@@ -104,7 +104,6 @@ def store(clean_db: str) -> Callable[[list[dict[str, Any]]], int]:
 
 
 @pytest.fixture
-def worker(clean_db: str, engine: sa.Engine) -> Iterator[Worker]:
-    """A worker on the test database, with no user handlers registered."""
-    handlers = Registry()
-    yield Worker(engine, batch_size=500, max_attempts=3, handlers=handlers)
+def worker(clean_db: str, engine: sa.Engine) -> Worker:
+    """A worker on the test database, with a registry of its own (no user handlers)."""
+    return Worker(engine, batch_size=500, max_attempts=3, handlers=Registry())

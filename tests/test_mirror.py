@@ -298,7 +298,7 @@ def test_losers_associations_move_to_the_survivor_even_when_they_arrive_late(
 def assoc(
     kind: str, from_id: int, to_id: int, at: int, *, removed: bool = False, primary: bool = False
 ) -> dict[str, Any]:
-    obj = kind.split("_TO_")[0].lower()
+    obj = kind.split("_TO_", maxsplit=1)[0].lower()
     return hs(
         f"{obj}.associationChange",
         None,
