@@ -16,6 +16,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from service import db, inbox
 from service.handlers.registry import load_modules
 from service.logs import configure_logging
@@ -91,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--id", type=int, action="append", default=[], help="inbox id (repeatable)")
     replay.add_argument("--all", action="store_true", help="re-queue every event (no filter)")
     replay.set_defaults(run=_replay)
+
+    mirror = sub.add_parser("mirror", help="show mirrored records from the hubspot_* views")
+    mirror.add_argument("view", choices=sorted(MIRROR_VIEWS), help="which view")
+    mirror.add_argument("--portal", type=int, help="portal (HubSpot account) id")
+    mirror.add_argument("--object-id", type=int, help="object id (from or to, for associations)")
+    mirror.add_argument("--limit", type=int, default=20, help="rows (default 20, newest first)")
+    mirror.set_defaults(run=_mirror)
 
     from service import sender
 
@@ -271,6 +280,37 @@ def _events(args: argparse.Namespace, settings: Settings) -> int:
         if row.last_error and row.status in ("failed", "dead"):
             print(f"{'':>10}error: {row.last_error.splitlines()[0][:120]}")
     print(f"{len(rows)} events", file=sys.stderr)
+    return 0
+
+
+MIRROR_VIEWS = {
+    "contacts": "hubspot_contacts",
+    "companies": "hubspot_companies",
+    "deals": "hubspot_deals",
+    "associations": "hubspot_associations",
+}
+
+
+def _mirror(args: argparse.Namespace, settings: Settings) -> int:
+    view = MIRROR_VIEWS[args.view]
+    clauses, params = ["true"], {"limit": args.limit}
+    if args.portal is not None:
+        clauses.append("portal_id = :portal")
+        params["portal"] = args.portal
+    if args.object_id is not None:
+        ids = (
+            "from_id = :oid OR to_id = :oid" if args.view == "associations" else "object_id = :oid"
+        )
+        clauses.append(f"({ids})")
+        params["oid"] = args.object_id
+    sql = (
+        f"SELECT * FROM {view} WHERE {' AND '.join(clauses)} ORDER BY updated_at DESC LIMIT :limit"
+    )
+    with _operator_database(settings) as engine, engine.connect() as connection:
+        rows = connection.execute(sa.text(sql), params).all()
+    for row in rows:
+        print(json.dumps(dict(row._mapping), default=str))
+    print(f"{len(rows)} rows from {view}", file=sys.stderr)
     return 0
 
 
