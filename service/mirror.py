@@ -240,8 +240,26 @@ _PROPERTIES = sa.text(
 )
 
 
+_SEEN = sa.text(
+    """
+    INSERT INTO seen_properties (portal_id, object_type, property)
+    SELECT r.portal_id, r.object_type, r.property
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, object_type text, property text)
+    ON CONFLICT DO NOTHING
+    """
+)
+
+
 def apply_property_changes(connection: sa.Connection, events: Sequence[Event]) -> None:
-    """Per-property last-writer-wins; `REDACTED` values are never stored (they are fetched)."""
+    """Per-property last-writer-wins; `REDACTED` values are never stored (they are fetched).
+
+    Every property name seen is remembered, so hydration asks HubSpot for all of them.
+    """
+    seen = {(e.portal_id, e.object_type, e.property_name) for e in events if e.property_name}
+    if seen:
+        rows = _rows({"portal_id": p, "object_type": t, "property": n} for p, t, n in sorted(seen))
+        connection.execute(_SEEN, {"rows": rows})
     winners: dict[ObjectKey, dict[str, tuple[int, str]]] = {}
     for e in events:
         if e.property_name is None or e.property_value is None or e.redacted:

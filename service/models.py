@@ -120,5 +120,85 @@ hydration_requests = sa.Table(
         "next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
     sa.Column("last_error", sa.Text),
+    sa.Column("status", sa.Text, nullable=False, server_default="pending"),
     sa.PrimaryKeyConstraint("portal_id", "object_type", "object_id"),
+    sa.CheckConstraint("status IN ('pending', 'dead')", name="status"),
+    sa.Index(
+        "ix_hydration_requests_due",
+        "next_attempt_at",
+        postgresql_where=sa.text("status = 'pending'"),
+    ),
+)
+
+# Per-portal OAuth tokens of a public app (a private app's token comes from the environment).
+hubspot_tokens = sa.Table(
+    "hubspot_tokens",
+    metadata,
+    sa.Column("portal_id", sa.BigInteger, nullable=False),
+    sa.Column("access_token", sa.Text, nullable=False),
+    sa.Column("refresh_token", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("scopes", sa.Text, nullable=False, server_default=""),
+    sa.Column("needs_reinstall", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("last_error", sa.Text),
+    sa.Column(
+        "installed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.PrimaryKeyConstraint("portal_id"),
+)
+
+# Sliding-window rate limit state shared by every worker: the start times of the calls made in
+# the current window, per portal and bucket ("api", "search").
+rate_limits = sa.Table(
+    "rate_limits",
+    metadata,
+    sa.Column("portal_id", sa.BigInteger, nullable=False),
+    sa.Column("bucket", sa.Text, nullable=False),
+    sa.Column("max_calls", sa.Integer, nullable=False),
+    sa.Column("window_ms", sa.Integer, nullable=False),
+    sa.Column("calls", sa.ARRAY(sa.BigInteger), nullable=False, server_default="{}"),
+    sa.Column("blocked_until_ms", sa.BigInteger, nullable=False, server_default="0"),
+    sa.PrimaryKeyConstraint("portal_id", "bucket"),
+)
+
+# Every HubSpot API call, counted by portal, endpoint and outcome.
+hubspot_api_calls = sa.Table(
+    "hubspot_api_calls",
+    metadata,
+    sa.Column("portal_id", sa.BigInteger, nullable=False),
+    sa.Column("endpoint", sa.Text, nullable=False),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("calls", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("last_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("portal_id", "endpoint", "outcome"),
+)
+
+# Where an incremental reconcile of (portal, object type) got to, so an interrupted run resumes.
+reconcile_checkpoints = sa.Table(
+    "reconcile_checkpoints",
+    metadata,
+    sa.Column("portal_id", sa.BigInteger, nullable=False),
+    sa.Column("object_type", sa.Text, nullable=False),
+    sa.Column("cursor_ms", sa.BigInteger, nullable=False, comment="last modified time fully read"),
+    sa.Column("run_started_at", sa.DateTime(timezone=True)),
+    sa.Column("run_since_ms", sa.BigInteger),
+    sa.Column("last_success_at", sa.DateTime(timezone=True)),
+    sa.Column("last_success_since_ms", sa.BigInteger),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.PrimaryKeyConstraint("portal_id", "object_type"),
+)
+
+# Property names HubSpot has sent in webhooks, per object type: hydration asks for all of them.
+seen_properties = sa.Table(
+    "seen_properties",
+    metadata,
+    sa.Column("portal_id", sa.BigInteger, nullable=False),
+    sa.Column("object_type", sa.Text, nullable=False),
+    sa.Column("property", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("portal_id", "object_type", "property"),
 )
