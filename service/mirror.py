@@ -62,6 +62,7 @@ def apply_events(connection: sa.Connection, events: Sequence[Event]) -> None:
     by_kind: dict[Kind, list[Event]] = {}
     for event in mine:
         by_kind.setdefault(event.kind, []).append(event)
+    lock_objects(connection, _touched(mine))
     # Erasure first: later steps then see the tombstone, whatever order the batch came in.
     erase_contacts(connection, by_kind.get(Kind.PRIVACY_DELETION, []))
     lifecycle = [
@@ -86,6 +87,45 @@ def apply_events(connection: sa.Connection, events: Sequence[Event]) -> None:
     ]
     request_hydration(connection, wanted)
     scrub_erased_events(connection, [e for e in changes if e.object_type == "contacts"])
+
+
+def _touched(events: Sequence[Event]) -> set[ObjectKey]:
+    keys: set[ObjectKey] = set()
+    for e in events:
+        if e.kind is Kind.ASSOCIATION_CHANGE:
+            continue
+        if e.kind is Kind.MERGE and e.survivor_id is not None:
+            keys.add((e.portal_id, e.object_type, e.survivor_id))
+            keys.update((e.portal_id, e.object_type, loser) for loser in e.merge_losers)
+        else:
+            keys.add(e.key)
+    return keys
+
+
+# Lock every record the batch will write, in one statement and one global order, before any
+# other write: the later statements each touch a different subset, and without this two workers
+# could lock the same two records in opposite orders and deadlock. ON CONFLICT DO UPDATE .. WHERE
+# false locks an existing row without writing it; a new row is inserted (and so locked).
+_LOCK = sa.text(
+    """
+    INSERT INTO crm_objects AS o (portal_id, object_type, object_id)
+    SELECT r.portal_id, r.object_type, r.object_id
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, object_type text, object_id bigint)
+    ORDER BY r.portal_id, r.object_type, r.object_id
+    ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
+    SET updated_at = o.updated_at
+    WHERE false
+    """
+)
+
+
+def lock_objects(connection: sa.Connection, keys: Iterable[ObjectKey]) -> None:
+    """Create-or-lock these mirror rows, in key order, until the transaction ends."""
+    ordered = sorted(keys)
+    if ordered:
+        rows = _rows({"portal_id": p, "object_type": t, "object_id": o} for p, t, o in ordered)
+        connection.execute(_LOCK, {"rows": rows})
 
 
 def _rows(rows: Iterable[dict[str, Any]]) -> str:
@@ -116,17 +156,23 @@ _FORGET_HYDRATION = sa.text(
     """
 )
 # The contact's values leave every stored raw event too; the event itself stays, marked.
+# Rows another worker has claimed are skipped, not waited for (that could deadlock on the
+# contact's lock): that worker scrubs them itself once it sees the tombstone.
 _SCRUB = sa.text(
     """
     UPDATE inbox_events i
     SET payload = (i.payload - 'propertyValue')
                   || jsonb_build_object('propertyValue', NULL, 'erased', true)
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(portal_id bigint, object_id bigint)
-    WHERE i.portal_id = r.portal_id
-      AND i.object_id = r.object_id
-      AND i.payload ? 'propertyValue'
-      AND jsonb_typeof(i.payload->'propertyValue') <> 'null'
-      AND (i.subscription_type LIKE 'contact.%' OR i.payload->>'objectTypeId' = '0-1')
+    WHERE i.id IN (
+        SELECT e.id
+        FROM inbox_events e
+        JOIN jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(portal_id bigint, object_id bigint)
+          ON e.portal_id = r.portal_id AND e.object_id = r.object_id
+        WHERE e.payload ? 'propertyValue'
+          AND jsonb_typeof(e.payload->'propertyValue') <> 'null'
+          AND (e.subscription_type LIKE 'contact.%' OR e.payload->>'objectTypeId' = '0-1')
+        FOR UPDATE OF e SKIP LOCKED
+    )
     """
 )
 
@@ -414,6 +460,73 @@ def apply_associations(connection: sa.Connection, events: Sequence[Event]) -> No
     connection.execute(_ASSOCIATIONS, {"rows": rows})
 
 
+# --- snapshots fetched from HubSpot ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A record as HubSpot's API returned it; `updated_at_ms` versions every property in it."""
+
+    object_id: int
+    properties: dict[str, str | None]
+    updated_at_ms: int
+
+
+def apply_snapshots(
+    connection: sa.Connection,
+    portal_id: int,
+    object_type: str,
+    snapshots: Sequence[Snapshot],
+    *,
+    missing: Sequence[int] = (),
+    fetched_at_ms: int = 0,
+) -> None:
+    """Write fetched records with last-writer-wins, each property versioned by `updatedAt`.
+
+    A property a webhook changed after the snapshot keeps the webhook's value; ids HubSpot
+    reports missing are archived (as of the fetch); erased contacts stay erased.
+    """
+    lock_objects(
+        connection,
+        [(portal_id, object_type, i) for i in [*(s.object_id for s in snapshots), *missing]],
+    )
+    if snapshots:
+        rows = _rows(
+            {
+                "portal_id": portal_id,
+                "object_type": object_type,
+                "object_id": s.object_id,
+                "properties": s.properties,
+                "versions": dict.fromkeys(s.properties, s.updated_at_ms),
+            }
+            for s in sorted(snapshots, key=lambda s: s.object_id)
+        )
+        connection.execute(_PROPERTIES, {"rows": rows})
+        alive = _rows(
+            {
+                "portal_id": portal_id,
+                "object_type": object_type,
+                "object_id": s.object_id,
+                "version": s.updated_at_ms,
+                "archived": False,
+            }
+            for s in sorted(snapshots, key=lambda s: s.object_id)
+        )
+        connection.execute(_LIFECYCLE, {"rows": alive})
+    if missing:
+        gone = _rows(
+            {
+                "portal_id": portal_id,
+                "object_type": object_type,
+                "object_id": object_id,
+                "version": fetched_at_ms,
+                "archived": True,
+            }
+            for object_id in sorted(set(missing))
+        )
+        connection.execute(_LIFECYCLE, {"rows": gone})
+
+
 # --- hydration requests ----------------------------------------------------------------------
 
 _HYDRATE = sa.text(
@@ -427,7 +540,12 @@ _HYDRATE = sa.text(
         WHERE o.portal_id = r.portal_id AND o.object_type = r.object_type
           AND o.object_id = r.object_id AND o.erased
     )
-    ON CONFLICT DO NOTHING
+    ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
+    -- Asked again: fetch again, even if a fetch is under way or had given up.
+    SET requested_at = now(),
+        status = 'pending',
+        attempts = CASE WHEN hydration_requests.status = 'dead' THEN 0
+                        ELSE hydration_requests.attempts END
     """
 )
 
