@@ -18,11 +18,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from service import db, inbox
+from service import db, hubspot_api, inbox
 from service.handlers.registry import load_modules
+from service.hydration import Hydrator
 from service.logs import configure_logging
 from service.settings import Settings, SettingsError
-from service.worker import Worker
+from service.worker import Worker, run_loop
 
 log = logging.getLogger(__name__)
 
@@ -197,16 +198,20 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url is None:
         raise SettingsError("DATABASE_URL is not set: `worker` needs the service's database")
     load_modules(settings.handler_modules)
-    engine = db.create_engine(settings.database_url, pool_size=1)
+    engine = db.create_engine(settings.database_url, pool_size=2)
     worker = _make_worker(settings, engine)
     try:
         if args.drain:
             print(f"applied {worker.drain()} events", file=sys.stderr)
+            hydrator = _make_hydrator(settings, engine)
+            if hydrator is not None:
+                print(f"fetched {hydrator.drain()} records", file=sys.stderr)
             return 0
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-        worker.run(stop)
+        with _stage_threads(settings, engine, stop):
+            worker.run(stop)
     finally:
         engine.dispose()
     return 0
@@ -221,22 +226,59 @@ def _make_worker(settings: Settings, engine: Any) -> Worker:
     )
 
 
+def _make_hydrator(settings: Settings, engine: Any) -> Hydrator | None:
+    api = hubspot_api.from_settings(settings, engine)
+    if api is None:
+        log.warning(
+            "hydration_disabled",
+            extra={"reason": "set HUBSPOT_ACCESS_TOKEN or HUBSPOT_CLIENT_ID to fetch records"},
+        )
+        return None
+    return Hydrator(engine, api, settings.mirror_properties, max_attempts=settings.max_attempts)
+
+
 @contextmanager
-def _background_worker(settings: Settings, url: str) -> Iterator[None]:
-    """`dev` runs a worker beside the web server, in a thread, until the server stops."""
-    load_modules(settings.handler_modules)
-    engine = db.create_engine(url, pool_size=1)
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=_make_worker(settings, engine).run, args=(stop,), name="worker", daemon=True
-    )
-    thread.start()
+def _stage_threads(settings: Settings, engine: Any, stop: threading.Event) -> Iterator[None]:
+    """The stages that call out run in threads of their own beside the apply loop."""
+    threads: list[threading.Thread] = []
+    hydrator = _make_hydrator(settings, engine)
+    if hydrator is not None:
+        threads.append(
+            threading.Thread(
+                target=run_loop,
+                args=("hydrate", hydrator.run_once, stop),
+                kwargs={"idle_seconds": settings.worker_poll_seconds},
+                name="hydrate",
+                daemon=True,
+            )
+        )
+    for thread in threads:
+        thread.start()
     try:
         yield
     finally:
         stop.set()
-        thread.join(30)
-        engine.dispose()
+        for thread in threads:
+            thread.join(60)
+
+
+@contextmanager
+def _background_worker(settings: Settings, url: str) -> Iterator[None]:
+    """`dev` runs a worker beside the web server, in threads, until the server stops."""
+    load_modules(settings.handler_modules)
+    engine = db.create_engine(url, pool_size=2)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=_make_worker(settings, engine).run, args=(stop,), name="worker", daemon=True
+    )
+    with _stage_threads(settings, engine, stop):
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(30)
+    engine.dispose()
 
 
 @contextmanager

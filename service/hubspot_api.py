@@ -27,6 +27,7 @@ import urllib3
 
 from service.db import utcnow
 from service.ratelimit import Budget, RateLimiter
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -527,6 +528,24 @@ def save_tokens(
                 "s": scopes,
             },
         )
+
+
+def from_settings(settings: Settings, engine: sa.Engine) -> HubSpotApi | None:
+    """The API client the settings describe, or None when no HubSpot credentials are set."""
+    if settings.access_token is None and settings.client_id is None:
+        return None
+    limiter = RateLimiter(
+        engine,
+        default_budgets(Budget(*settings.api_rate_limit), Budget(*settings.search_rate_limit)),
+    )
+    return HubSpotApi(
+        engine=engine,
+        base_url=settings.api_base_url,
+        limiter=limiter,
+        private_token=settings.access_token,
+        client_id=settings.client_id,
+        client_secret=settings.client_secrets[0] if settings.client_secrets else None,
+    )
 
 
 def last_modified_property(object_type: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +18,11 @@ T = TypeVar("T")
 
 DEFAULT_API_BASE_URL = "https://api.hubapi.com"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_SCOPES = (
+    "crm.objects.contacts.read",
+    "crm.objects.companies.read",
+    "crm.objects.deals.read",
+)
 
 
 class SettingsError(Exception):
@@ -49,6 +55,12 @@ class Settings:
     max_attempts: int = 10
     worker_poll_seconds: float = 5.0
     handler_modules: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = DEFAULT_SCOPES
+    mirror_properties: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    api_rate_limit: tuple[int, int] = (100, 10_000)
+    search_rate_limit: tuple[int, int] = (4, 1_000)
+    reconcile_interval_seconds: float | None = None
+    reconcile_lookback_seconds: float = 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -80,6 +92,12 @@ class Settings:
             max_attempts=r.get("MAX_ATTEMPTS", _int_range(1, 100)) or 10,
             worker_poll_seconds=r.get("WORKER_POLL_SECONDS", _seconds) or 5.0,
             handler_modules=r.get("HANDLER_MODULES", _module_list) or (),
+            scopes=r.get("HUBSPOT_SCOPES", _scopes) or DEFAULT_SCOPES,
+            mirror_properties=r.get("MIRROR_PROPERTIES", _mirror_properties) or {},
+            api_rate_limit=r.get("HUBSPOT_RATE_LIMIT", _rate) or (100, 10_000),
+            search_rate_limit=r.get("HUBSPOT_SEARCH_RATE_LIMIT", _rate) or (4, 1_000),
+            reconcile_interval_seconds=r.get("RECONCILE_INTERVAL", _duration),
+            reconcile_lookback_seconds=r.get("RECONCILE_LOOKBACK", _duration) or 3600.0,
         )
 
     def require_client_secret(self) -> tuple[str, ...]:
@@ -210,6 +228,49 @@ def _module_list(value: str) -> tuple[str, ...]:
         if not all(part.isidentifier() for part in name.split(".")):
             raise ValueError(f"{name!r} is not a Python module name")
     return names
+
+
+def _scopes(value: str) -> tuple[str, ...]:
+    scopes = tuple(v for v in value.replace(",", " ").split() if v)
+    if not scopes:
+        raise ValueError("expected OAuth scopes separated by spaces or commas")
+    return scopes
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def _duration(value: str) -> float:
+    match = _DURATION.match(value.strip().lower())
+    if match is None:
+        raise ValueError(f"expected a duration like 30s, 15m, 1h or 2d, got {value!r}")
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("must be more than zero")
+    return seconds
+
+
+def _rate(value: str) -> tuple[int, int]:
+    """`100/10s`: at most 100 calls in any 10 seconds -> (100, 10000 ms)."""
+    calls, sep, window = value.partition("/")
+    if not sep or not calls.strip().isdigit() or int(calls) < 1:
+        raise ValueError(f"expected calls/window like 100/10s, got {value!r}")
+    return int(calls), int(_duration(window) * 1000)
+
+
+def _mirror_properties(value: str) -> dict[str, tuple[str, ...]]:
+    """`contacts=email,firstname;deals=dealname,amount`."""
+    result: dict[str, tuple[str, ...]] = {}
+    for part in value.split(";"):
+        if not part.strip():
+            continue
+        object_type, sep, names = part.partition("=")
+        props = tuple(n.strip() for n in names.split(",") if n.strip())
+        if not sep or not object_type.strip() or not props:
+            raise ValueError(f"expected type=prop,prop;type=prop, got {part.strip()!r}")
+        result[object_type.strip()] = props
+    return result
 
 
 def _ip_list(value: str) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
@@ -168,3 +169,21 @@ class Worker:
 def _failed(row_id: int, exc: BaseException) -> inbox.Outcome:
     detail = "".join(traceback.format_exception(exc))
     return inbox.Outcome(row_id, "failed", f"{type(exc).__name__}: {exc}\n{detail}"[:_ERROR_LIMIT])
+
+
+def run_loop(
+    name: str, step: Callable[[], int], stop: threading.Event, *, idle_seconds: float
+) -> None:
+    """Call `step` until `stop` is set; pause `idle_seconds` whenever it found nothing to do.
+
+    For the stages that call out (hydrate, later act): an error is logged and the loop goes on.
+    """
+    log.info("loop_started", extra={"loop": name})
+    while not stop.is_set():
+        try:
+            if step():
+                continue
+        except Exception as exc:  # noqa: BLE001 - a stage must outlive any one failure
+            log.error("loop_error", extra={"loop": name, "error": type(exc).__name__})
+        stop.wait(idle_seconds)
+    log.info("loop_stopped", extra={"loop": name})

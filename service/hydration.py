@@ -1,0 +1,268 @@
+"""Hydration: fetch the records the mirror asked for, 100 per call, and apply the snapshots.
+
+Requests are leased, not held: a short transaction claims up to 100 due requests of one
+(portal, object type) and pushes their next attempt past the lease; the batch read runs with no
+transaction open; a second transaction applies the snapshots and deletes the requests that were
+not asked for again meanwhile. A crash mid-way only delays the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from service import mirror
+from service.hubspot_api import HubSpotApi, HubSpotError, NoToken
+
+log = logging.getLogger(__name__)
+
+BATCH_READ_LIMIT = 100
+LEASE_SECONDS = 120
+
+# What a mirror without configuration fetches, per object type (MIRROR_PROPERTIES overrides).
+DEFAULT_PROPERTIES: Mapping[str, tuple[str, ...]] = {
+    "contacts": (
+        "email",
+        "firstname",
+        "lastname",
+        "phone",
+        "company",
+        "jobtitle",
+        "lifecyclestage",
+        "hs_lead_status",
+        "hubspot_owner_id",
+        "createdate",
+        "lastmodifieddate",
+    ),
+    "companies": (
+        "name",
+        "domain",
+        "industry",
+        "numberofemployees",
+        "annualrevenue",
+        "city",
+        "country",
+        "lifecyclestage",
+        "hubspot_owner_id",
+        "createdate",
+        "hs_lastmodifieddate",
+    ),
+    "deals": (
+        "dealname",
+        "dealstage",
+        "pipeline",
+        "amount",
+        "closedate",
+        "dealtype",
+        "hubspot_owner_id",
+        "createdate",
+        "hs_lastmodifieddate",
+    ),
+    "tickets": (
+        "subject",
+        "content",
+        "hs_pipeline",
+        "hs_pipeline_stage",
+        "hs_ticket_priority",
+        "hubspot_owner_id",
+        "createdate",
+        "hs_lastmodifieddate",
+    ),
+}
+_FALLBACK_PROPERTIES = ("hs_object_id", "createdate", "hs_lastmodifieddate")
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Due hydration requests of one (portal, object type), leased to this worker."""
+
+    portal_id: int
+    object_type: str
+    ids: list[int]
+    claimed_at: datetime
+
+
+_CLAIM = sa.text(
+    f"""
+    WITH pick AS (
+        SELECT portal_id, object_type FROM hydration_requests
+        WHERE status = 'pending' AND next_attempt_at <= now()
+        ORDER BY next_attempt_at
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    ),
+    due AS (
+        SELECT h.portal_id, h.object_type, h.object_id FROM hydration_requests h, pick
+        WHERE h.portal_id = pick.portal_id AND h.object_type = pick.object_type
+          AND h.status = 'pending' AND h.next_attempt_at <= now()
+        ORDER BY h.next_attempt_at, h.object_id
+        LIMIT {BATCH_READ_LIMIT}
+        FOR UPDATE OF h SKIP LOCKED
+    )
+    UPDATE hydration_requests h
+    SET next_attempt_at = now() + interval '{LEASE_SECONDS} seconds', attempts = h.attempts + 1
+    FROM due
+    WHERE h.portal_id = due.portal_id AND h.object_type = due.object_type
+      AND h.object_id = due.object_id
+    RETURNING h.portal_id, h.object_type, h.object_id, now() AS claimed_at
+    """
+)
+
+
+def claim(connection: sa.Connection) -> Claim | None:
+    """Lease up to 100 due requests of one (portal, object type)."""
+    rows = connection.execute(_CLAIM).all()
+    if not rows:
+        return None
+    return Claim(
+        portal_id=rows[0].portal_id,
+        object_type=rows[0].object_type,
+        ids=sorted(r.object_id for r in rows),
+        claimed_at=rows[0].claimed_at,
+    )
+
+
+def properties_for(
+    connection: sa.Connection,
+    portal_id: int,
+    object_type: str,
+    configured: Mapping[str, tuple[str, ...]],
+) -> list[str]:
+    """The configured (or default) properties plus every one seen in webhooks for the type."""
+    base = configured.get(object_type) or DEFAULT_PROPERTIES.get(object_type, _FALLBACK_PROPERTIES)
+    seen = connection.scalars(
+        sa.text("SELECT property FROM seen_properties WHERE portal_id = :p AND object_type = :t"),
+        {"p": portal_id, "t": object_type},
+    ).all()
+    return sorted({*base, *seen})
+
+
+def complete(
+    connection: sa.Connection,
+    claimed: Claim,
+    snapshots: Sequence[mirror.Snapshot],
+    missing: Sequence[int],
+    fetched_at_ms: int,
+) -> None:
+    """Apply the snapshots; drop the requests not asked for again since the claim."""
+    mirror.apply_snapshots(
+        connection,
+        claimed.portal_id,
+        claimed.object_type,
+        snapshots,
+        missing=missing,
+        fetched_at_ms=fetched_at_ms,
+    )
+    params = {
+        "p": claimed.portal_id,
+        "t": claimed.object_type,
+        "ids": claimed.ids,
+        "at": claimed.claimed_at,
+    }
+    connection.execute(
+        sa.text(
+            "DELETE FROM hydration_requests WHERE portal_id = :p AND object_type = :t"
+            " AND object_id = ANY(:ids) AND requested_at <= :at"
+        ),
+        params,
+    )
+    # Asked again while we fetched: fetch again now rather than after the lease.
+    connection.execute(
+        sa.text(
+            "UPDATE hydration_requests SET next_attempt_at = now(), attempts = 0"
+            " WHERE portal_id = :p AND object_type = :t AND object_id = ANY(:ids)"
+        ),
+        params,
+    )
+
+
+def fail(connection: sa.Connection, claimed: Claim, error: str, *, max_attempts: int) -> None:
+    """Record the error; retry with backoff and jitter, or give up (dead) at the limit."""
+    connection.execute(
+        sa.text(
+            """
+            UPDATE hydration_requests
+            SET last_error = :error,
+                status = CASE WHEN attempts >= :max THEN 'dead' ELSE 'pending' END,
+                next_attempt_at = now() + make_interval(
+                    secs => least(3600, 10 * power(2, least(attempts, 20))) * (0.5 + random()))
+            WHERE portal_id = :p AND object_type = :t AND object_id = ANY(:ids)
+            """
+        ),
+        {
+            "p": claimed.portal_id,
+            "t": claimed.object_type,
+            "ids": claimed.ids,
+            "error": error[:2000],
+            "max": max_attempts,
+        },
+    )
+
+
+@dataclass
+class Hydrator:
+    """Fetches leased requests through the API client and applies them."""
+
+    engine: sa.Engine
+    api: HubSpotApi
+    configured_properties: Mapping[str, tuple[str, ...]]
+    max_attempts: int = 10
+
+    def run_once(self) -> int:
+        """Fetch one group of up to 100 records; returns how many were claimed."""
+        with self.engine.begin() as connection:
+            claimed = claim(connection)
+            if claimed is None:
+                return 0
+            properties = properties_for(
+                connection, claimed.portal_id, claimed.object_type, self.configured_properties
+            )
+        started = time.perf_counter()
+        try:
+            records, missing = self.api.batch_read(
+                claimed.portal_id, claimed.object_type, claimed.ids, properties
+            )
+        except HubSpotError as exc:
+            level = logging.WARNING if isinstance(exc, NoToken) else logging.ERROR
+            log.log(
+                level,
+                "hydration_failed",
+                extra={
+                    "portal_id": claimed.portal_id,
+                    "object_type": claimed.object_type,
+                    "records": len(claimed.ids),
+                    "error": type(exc).__name__,
+                },
+            )
+            with self.engine.begin() as connection:
+                fail(connection, claimed, str(exc), max_attempts=self.max_attempts)
+            return len(claimed.ids)
+        fetched_at_ms = int(time.time() * 1000)
+        snapshots = [
+            mirror.Snapshot(r.id, r.properties, r.updated_at_ms or fetched_at_ms) for r in records
+        ]
+        with self.engine.begin() as connection:
+            complete(connection, claimed, snapshots, missing, fetched_at_ms)
+        log.info(
+            "hydrated",
+            extra={
+                "portal_id": claimed.portal_id,
+                "object_type": claimed.object_type,
+                "records": len(records),
+                "missing": len(missing),
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
+        return len(claimed.ids)
+
+    def drain(self) -> int:
+        """Fetch until nothing is due; returns the number of requests handled."""
+        total = 0
+        while count := self.run_once():
+            total += count
+        return total
