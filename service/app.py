@@ -8,15 +8,20 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from html import escape
+from secrets import token_urlsafe
+from urllib.parse import urlsplit
 
 import psycopg
 import psycopg_pool
+import sqlalchemy as sa
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from service import db, inbox
+from service import db, hubspot_api, inbox
 from service.settings import Settings
 from service.signature import InvalidSignature, build_request_uri, verify_request
 
@@ -59,16 +64,21 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         # while Postgres is still starting; requests meanwhile get 503 and HubSpot retries.
         await pool.open(wait=False)
         app.state.pool = pool
+        # OAuth installs and /readyz details use the synchronous API client; rare, so small.
+        app.state.engine = db.create_engine(url, pool_size=1)
         try:
             yield
         finally:
             await pool.close()
+            app.state.engine.dispose()
 
     app = Starlette(
         routes=[
             Route("/webhooks/hubspot", receive_webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/readyz", readyz, methods=["GET", "HEAD"]),
+            Route("/oauth/install", oauth_install, methods=["GET"]),
+            Route("/oauth/callback", oauth_callback, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
@@ -154,7 +164,82 @@ async def readyz(request: Request) -> Response:
     current = row[0] if row is not None else None
     if current != head:
         return _not_ready("schema_not_migrated", f"schema at {current}, head is {head}")
-    return JSONResponse({"status": "ready", "schema": current})
+    # A portal whose OAuth tokens stopped working does not make the service unready (the
+    # others go on), but it is reported here as well as in the logs.
+    try:
+        reinstall = await run_in_threadpool(
+            hubspot_api.portals_needing_reinstall, request.app.state.engine
+        )
+    except sa.exc.SQLAlchemyError as exc:
+        return _not_ready("database_unreachable", type(exc).__name__)
+    body: dict[str, object] = {"status": "ready", "schema": current}
+    if reinstall:
+        body["portals_needing_reinstall"] = reinstall
+    return JSONResponse(body)
+
+
+def _redirect_uri(request: Request, settings: Settings) -> str:
+    """Where HubSpot sends the user back: beside the public webhook URL, else this host."""
+    if settings.webhook_public_url is not None:
+        parts = urlsplit(settings.webhook_public_url)
+        return f"{parts.scheme}://{parts.netloc}/oauth/callback"
+    return str(request.url_for("oauth_callback"))
+
+
+async def oauth_install(request: Request) -> Response:
+    """GET /oauth/install: send the installing user to HubSpot's consent page."""
+    config: _Config = request.app.state.config
+    if config.settings.client_id is None:
+        return _error(
+            404, "oauth_not_configured", "set HUBSPOT_CLIENT_ID to install as a public app"
+        )
+    state = hubspot_api.sign_state(config.secrets[0], now=time.time(), nonce=token_urlsafe(16))
+    url = hubspot_api.authorize_url(
+        client_id=config.settings.client_id,
+        redirect_uri=_redirect_uri(request, config.settings),
+        scopes=config.settings.scopes,
+        state=state,
+    )
+    return RedirectResponse(url, status_code=302)
+
+
+async def oauth_callback(request: Request) -> Response:
+    """GET /oauth/callback: check the state, trade the code for tokens, store them."""
+    config: _Config = request.app.state.config
+    if config.settings.client_id is None:
+        return _error(
+            404, "oauth_not_configured", "set HUBSPOT_CLIENT_ID to install as a public app"
+        )
+    code, state = request.query_params.get("code"), request.query_params.get("state")
+    if not code or not state:
+        error = request.query_params.get("error_description") or "missing code or state"
+        return _page(400, "Install failed", error)
+    try:
+        hubspot_api.check_state(config.secrets, state, now=time.time())
+    except hubspot_api.InvalidState as exc:
+        log.warning("oauth_rejected", extra={"reason": str(exc)})
+        return _page(400, "Install failed", f"{exc}.")
+    engine: sa.Engine = request.app.state.engine
+    api = hubspot_api.from_settings(config.settings, engine)
+    assert api is not None  # client_id is set
+    try:
+        portal_id, tokens, scopes = await run_in_threadpool(
+            api.exchange_code, code, _redirect_uri(request, config.settings)
+        )
+    except hubspot_api.HubSpotError as exc:
+        log.error("oauth_exchange_failed", extra={"error": type(exc).__name__})
+        return _page(502, "Install failed", "HubSpot did not accept the authorization code.")
+    await run_in_threadpool(hubspot_api.save_tokens, engine, portal_id, tokens, scopes)
+    log.info("oauth_installed", extra={"portal_id": portal_id})
+    return _page(200, "Installed", f"The app is installed for HubSpot account {portal_id}.")
+
+
+def _page(status: int, title: str, message: str) -> HTMLResponse:
+    body = (
+        f"<!doctype html><meta charset=utf-8><title>{escape(title)}</title>"
+        f"<h1>{escape(title)}</h1><p>{escape(message)}</p>"
+    )
+    return HTMLResponse(body, status_code=status)
 
 
 _STORAGE_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout, OSError)

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import random
@@ -569,3 +571,45 @@ def authorize_url(*, client_id: str, redirect_uri: str, scopes: Sequence[str], s
 def default_budgets(api: Budget | None = None, search: Budget | None = None) -> dict[str, Budget]:
     """HubSpot's lowest tier: 100 calls per 10 s; search 4 per second (its limit is 5)."""
     return {"api": api or Budget(100, 10_000), "search": search or Budget(4, 1_000)}
+
+
+STATE_TTL_SECONDS = 600
+
+
+class InvalidState(Exception):
+    """An OAuth `state` that this service did not issue, or issued too long ago."""
+
+
+def sign_state(secret: str, *, now: float, nonce: str) -> str:
+    """An expiring OAuth state: `<expires>.<nonce>.<hmac>`, bound to the client secret."""
+    expires = str(int(now) + STATE_TTL_SECONDS)
+    mac = hmac.new(secret.encode(), f"{expires}.{nonce}".encode(), hashlib.sha256).hexdigest()
+    return f"{expires}.{nonce}.{mac}"
+
+
+def check_state(secrets: Sequence[str], state: str, *, now: float) -> None:
+    """Raise InvalidState unless `state` came from sign_state with one of `secrets` and is fresh."""
+    expires, _, rest = state.partition(".")
+    nonce, _, mac = rest.rpartition(".")
+    if not expires.isdigit() or not nonce or not mac:
+        raise InvalidState("malformed state")
+    matched = False
+    for secret in secrets:
+        expected = hmac.new(
+            secret.encode(), f"{expires}.{nonce}".encode(), hashlib.sha256
+        ).hexdigest()
+        matched |= hmac.compare_digest(expected.encode(), mac.encode())
+    if not matched:
+        raise InvalidState("state was not issued by this service")
+    if int(expires) < now:
+        raise InvalidState("state expired; start the install again")
+
+
+def portals_needing_reinstall(engine: sa.Engine) -> list[int]:
+    """Portals whose OAuth tokens stopped working."""
+    with engine.connect() as connection:
+        return list(
+            connection.scalars(
+                sa.text("SELECT portal_id FROM hubspot_tokens WHERE needs_reinstall ORDER BY 1")
+            )
+        )
