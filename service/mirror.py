@@ -281,7 +281,9 @@ _PROPERTIES = sa.text(
              WHERE {_WINS.format(key="n.key")}),
             '{{}}'::jsonb),
         updated_at = now()
+    -- Only rows where some property wins are written (and counted as changed).
     WHERE NOT o.erased
+      AND EXISTS (SELECT 1 FROM jsonb_each(EXCLUDED.versions) n WHERE {_WINS.format(key="n.key")})
     """
 )
 
@@ -480,12 +482,14 @@ def apply_snapshots(
     *,
     missing: Sequence[int] = (),
     fetched_at_ms: int = 0,
-) -> None:
+) -> int:
     """Write fetched records with last-writer-wins, each property versioned by `updatedAt`.
 
     A property a webhook changed after the snapshot keeps the webhook's value; ids HubSpot
-    reports missing are archived (as of the fetch); erased contacts stay erased.
+    reports missing are archived (as of the fetch); erased contacts stay erased. Returns how
+    many records changed.
     """
+    changed = 0
     lock_objects(
         connection,
         [(portal_id, object_type, i) for i in [*(s.object_id for s in snapshots), *missing]],
@@ -501,7 +505,7 @@ def apply_snapshots(
             }
             for s in sorted(snapshots, key=lambda s: s.object_id)
         )
-        connection.execute(_PROPERTIES, {"rows": rows})
+        changed = connection.execute(_PROPERTIES, {"rows": rows}).rowcount
         alive = _rows(
             {
                 "portal_id": portal_id,
@@ -525,6 +529,7 @@ def apply_snapshots(
             for object_id in sorted(set(missing))
         )
         connection.execute(_LIFECYCLE, {"rows": gone})
+    return changed
 
 
 # --- hydration requests ----------------------------------------------------------------------

@@ -152,7 +152,12 @@ class Worker:
             handlers = self.handlers.handlers_for(event)
             if handlers:
                 try:
-                    with connection.begin_nested(), Session(bind=connection) as session:
+                    # rollback_only: the session neither commits nor discards the savepoint
+                    # on close; the savepoint is ours, released or rolled back here.
+                    with (
+                        connection.begin_nested(),
+                        Session(bind=connection, join_transaction_mode="rollback_only") as session,
+                    ):
                         for handler in handlers:
                             handler(event, session)
                         session.flush()

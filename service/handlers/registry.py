@@ -25,7 +25,8 @@ from service.events import CLASSIC_TYPES, OBJECT_TYPE_IDS, Event, Kind
 Handler = Callable[[Event, Session], None]
 HandlerKey = tuple[str, Kind, str | None]
 ANY_TYPE = "*"
-_TYPE_NAME = re.compile(r"^(\*|[a-z_]+|[0-9]+-[0-9]+)$")
+_TYPE_ID = re.compile(r"^[02]-[0-9]+$")
+_KNOWN_TYPES = frozenset({ANY_TYPE, *CLASSIC_TYPES, *CLASSIC_TYPES.values(), *OBJECT_TYPE_IDS})
 
 
 class DuplicateHandler(Exception):
@@ -81,10 +82,14 @@ class Registry:
             raise UnknownKind(
                 f"unknown event kind {kind!r} at {place}; the kinds are: {kinds}"
             ) from None
-        if not _TYPE_NAME.match(object_type):
+        if object_type not in _KNOWN_TYPES and not _TYPE_ID.match(object_type):
             raise UnknownKind(
                 f"unknown object type {object_type!r} at {place}; use e.g. contacts, deals, "
                 "0-3, 2-12345 or * for any"
+            )
+        if prop is not None and kind is not Kind.PROPERTY_CHANGE:
+            raise UnknownKind(
+                f"prop={prop!r} at {place}: only property_change events name a property"
             )
         key: HandlerKey = (normalise_object_type(object_type), kind, prop)
 
