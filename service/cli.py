@@ -22,6 +22,7 @@ from service import db, hubspot_api, inbox
 from service.handlers.registry import load_modules
 from service.hydration import Hydrator
 from service.logs import configure_logging
+from service.reconcile import OBJECT_TYPES, Progress, known_portals, reconcile, reconcile_all
 from service.settings import Settings, SettingsError
 from service.worker import Worker, run_loop
 
@@ -101,6 +102,21 @@ def _parser() -> argparse.ArgumentParser:
     mirror.add_argument("--object-id", type=int, help="object id (from or to, for associations)")
     mirror.add_argument("--limit", type=int, default=20, help="rows (default 20, newest first)")
     mirror.set_defaults(run=_mirror)
+
+    reconcile = sub.add_parser(
+        "reconcile", help="pull records modified since a time from HubSpot's API into the mirror"
+    )
+    reconcile.add_argument("--portal", type=int, action="append", default=[], help="repeatable")
+    reconcile.add_argument(
+        "--object", default="all", choices=[*OBJECT_TYPES, "all"], help="default all"
+    )
+    reconcile.add_argument(
+        "--since",
+        type=_when,
+        help="modified at or after (ISO time or 30m, 2h, 1d); default: the last successful"
+        " reconcile minus RECONCILE_LOOKBACK, or everything the first time",
+    )
+    reconcile.set_defaults(run=_reconcile)
 
     from service import sender
 
@@ -242,6 +258,29 @@ def _stage_threads(settings: Settings, engine: Any, stop: threading.Event) -> It
     """The stages that call out run in threads of their own beside the apply loop."""
     threads: list[threading.Thread] = []
     hydrator = _make_hydrator(settings, engine)
+    interval = settings.reconcile_interval_seconds
+    if hydrator is not None and interval is not None:
+        api = hydrator.api
+
+        def scheduled_reconcile() -> int:
+            reconcile_all(
+                engine,
+                api,
+                portals=known_portals(engine),
+                lookback_seconds=settings.reconcile_lookback_seconds,
+                configured_properties=settings.mirror_properties,
+            )
+            return 0  # then wait for the next interval
+
+        threads.append(
+            threading.Thread(
+                target=run_loop,
+                args=("reconcile", scheduled_reconcile, stop),
+                kwargs={"idle_seconds": interval},
+                name="reconcile",
+                daemon=True,
+            )
+        )
     if hydrator is not None:
         threads.append(
             threading.Thread(
@@ -353,6 +392,36 @@ def _mirror(args: argparse.Namespace, settings: Settings) -> int:
     for row in rows:
         print(json.dumps(dict(row._mapping), default=str))
     print(f"{len(rows)} rows from {view}", file=sys.stderr)
+    return 0
+
+
+def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    configure_logging(settings.log_level, settings.log_format or "console")
+    with _operator_database(settings) as engine:
+        api = hubspot_api.from_settings(settings, engine)
+        if api is None:
+            raise SettingsError(
+                "HUBSPOT_ACCESS_TOKEN is not set (nor HUBSPOT_CLIENT_ID): reconcile calls the API"
+            )
+        portals = args.portal or known_portals(engine)
+        if not portals:
+            print("hubspot-webhooks reconcile: no portal known yet; pass --portal", file=sys.stderr)
+            return 2
+        types = OBJECT_TYPES if args.object == "all" else (args.object,)
+        since_ms = int(args.since.timestamp() * 1000) if args.since else None
+        for portal in portals:
+            for object_type in types:
+                summary = reconcile(
+                    engine,
+                    api,
+                    portal_id=portal,
+                    object_type=object_type,
+                    since_ms=since_ms,
+                    lookback_seconds=settings.reconcile_lookback_seconds,
+                    configured_properties=settings.mirror_properties,
+                    progress=Progress(),
+                )
+                print(summary.line())
     return 0
 
 
