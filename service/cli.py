@@ -118,6 +118,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     reconcile.set_defaults(run=_reconcile)
 
+    hydration = sub.add_parser(
+        "hydration", help="list records waiting to be fetched from HubSpot, and failed fetches"
+    )
+    hydration.add_argument("--status", choices=["pending", "dead"], help="default: both")
+    hydration.add_argument("--portal", type=int, help="portal (HubSpot account) id")
+    hydration.add_argument("--type", help="object type, e.g. contacts")
+    hydration.add_argument("--limit", type=int, default=50, help="rows (default 50)")
+    hydration.add_argument(
+        "--retry", action="store_true", help="re-queue the matching requests for a fetch now"
+    )
+    hydration.set_defaults(run=_hydration)
+
     from service import sender
 
     sender.add_arguments(
@@ -422,6 +434,41 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
                     progress=Progress(),
                 )
                 print(summary.line())
+    return 0
+
+
+def _hydration(args: argparse.Namespace, settings: Settings) -> int:
+    clauses, params = ["true"], {"limit": args.limit}
+    for column, value in (
+        ("status", args.status),
+        ("portal_id", args.portal),
+        ("object_type", args.type),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = :{column}")
+            params[column] = value
+    where = " AND ".join(clauses)
+    with _operator_database(settings) as engine, engine.begin() as connection:
+        if args.retry:
+            count = connection.execute(
+                sa.text(
+                    "UPDATE hydration_requests SET status = 'pending', attempts = 0,"
+                    f" next_attempt_at = now(), last_error = NULL WHERE {where}"
+                ),
+                params,
+            ).rowcount
+            print(f"re-queued {count} fetches")
+            return 0
+        rows = connection.execute(
+            sa.text(
+                f"SELECT * FROM hydration_requests WHERE {where}"
+                " ORDER BY status, next_attempt_at LIMIT :limit"
+            ),
+            params,
+        ).all()
+    for row in rows:
+        print(json.dumps(dict(row._mapping), default=str))
+    print(f"{len(rows)} fetch requests", file=sys.stderr)
     return 0
 
 
