@@ -192,7 +192,22 @@ def erase_contacts(connection: sa.Connection, events: Sequence[Event]) -> None:
     connection.execute(_ERASE, {"rows": rows})
     connection.execute(_FORGET_HYDRATION, {"rows": rows})
     connection.execute(_SCRUB, {"rows": rows})
+    connection.execute(_SCRUB_ACTIONS, {"rows": rows})
 
+
+# Action payloads rendered from the contact go too; one not yet run can no longer run.
+_SCRUB_ACTIONS = sa.text(
+    """
+    UPDATE action_runs a
+    SET payload = jsonb_build_object('action', a.action, 'erased', true),
+        status = CASE WHEN a.status = 'done' THEN 'done' ELSE 'dead' END,
+        last_error = CASE WHEN a.status = 'done' THEN a.last_error
+                          ELSE 'contact erased by a privacy deletion' END
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(portal_id bigint, object_id bigint)
+    WHERE a.portal_id = r.portal_id AND a.object_type = 'contacts' AND a.object_id = r.object_id
+      AND NOT (a.payload ? 'erased')
+    """
+)
 
 _ERASED_AMONG = sa.text(
     """

@@ -202,3 +202,66 @@ seen_properties = sa.Table(
     sa.Column("property", sa.Text, nullable=False),
     sa.PrimaryKeyConstraint("portal_id", "object_type", "property"),
 )
+
+# The outbox: one row per (inbox event, rule, action) that fired. Unique, so a replayed event
+# never fires twice; the payload is rendered when the rule fires (in the apply transaction).
+action_runs = sa.Table(
+    "action_runs",
+    metadata,
+    sa.Column("portal_id", sa.BigInteger, nullable=False),
+    sa.Column("inbox_id", sa.BigInteger, nullable=False),
+    sa.Column("rule", sa.Text, nullable=False),
+    sa.Column("action_index", sa.Integer, nullable=False),
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), nullable=False, unique=True),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("object_type", sa.Text, nullable=False),
+    sa.Column("object_id", sa.BigInteger, nullable=False),
+    sa.Column("payload", JSONB, nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column(
+        "next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("last_error", sa.Text),
+    sa.Column("result", sa.Text),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("done_at", sa.DateTime(timezone=True)),
+    sa.PrimaryKeyConstraint("portal_id", "inbox_id", "rule", "action_index"),
+    sa.CheckConstraint("status IN ('pending', 'done', 'failed', 'dead')", name="status"),
+    sa.Index(
+        "ix_action_runs_due",
+        "next_attempt_at",
+        postgresql_where=sa.text("status IN ('pending', 'failed')"),
+    ),
+    sa.Index("ix_action_runs_object", "portal_id", "object_id"),
+)
+
+# Records our own actions created in HubSpot: their echoes do not trigger rules.
+own_writes = sa.Table(
+    "own_writes",
+    metadata,
+    sa.Column("portal_id", sa.BigInteger, nullable=False),
+    sa.Column("object_type", sa.Text, nullable=False),
+    sa.Column("object_id", sa.BigInteger, nullable=False),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.PrimaryKeyConstraint("portal_id", "object_type", "object_id"),
+)
+
+# Pipeline stage labels per portal, from the pipelines API (rules may name stages by label).
+pipeline_stages = sa.Table(
+    "pipeline_stages",
+    metadata,
+    sa.Column("portal_id", sa.BigInteger, nullable=False),
+    sa.Column("object_type", sa.Text, nullable=False),
+    sa.Column("stage_id", sa.Text, nullable=False),
+    sa.Column("pipeline_id", sa.Text, nullable=False),
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column(
+        "fetched_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.PrimaryKeyConstraint("portal_id", "object_type", "stage_id"),
+)

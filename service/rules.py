@@ -122,8 +122,17 @@ class Rule:
     include_own_writes: bool = False
     source: str = "code"
 
-    def matches(self, event: Event, previous: str | None) -> bool:
-        """Whether `event` (with the mirror's value before it, `previous`) fires this rule."""
+    def matches(
+        self,
+        event: Event,
+        previous: str | None,
+        label: Callable[[str], str | None] | None = None,
+    ) -> bool:
+        """Whether `event` (with the mirror's value before it, `previous`) fires this rule.
+
+        `label` gives a value's other name (a deal stage's label), so `to = "Closed Won"`
+        matches the stage id `closedwon`.
+        """
         if event.kind is not self.kind:
             return False
         if self.object_type not in ("*", event.object_type):
@@ -133,9 +142,11 @@ class Rule:
         if event.change_source is not None and event.change_source in self.exclude_change_sources:
             return False
         value = event.property_value
-        if self.equals is not None and value not in self.equals:
+        if self.equals is not None and not _one_of(value, self.equals, label):
             return False
-        if self.from_values is not None and (previous not in self.from_values or previous == value):
+        if self.from_values is not None and (
+            not _one_of(previous, self.from_values, label) or previous == value
+        ):
             return False
         number = _number(value)
         if self.above is not None and (number is None or not number > self.above):
@@ -146,6 +157,17 @@ class Rule:
     def watches_previous(self) -> bool:
         """Whether the rule needs the value before the event (a `from` condition)."""
         return self.from_values is not None
+
+
+def _one_of(
+    value: str | None, values: tuple[str, ...], label: Callable[[str], str | None] | None
+) -> bool:
+    if value is None:
+        return False
+    if value in values:
+        return True
+    other = label(value) if label is not None else None
+    return other is not None and other.casefold() in {v.casefold() for v in values}
 
 
 def _number(value: str | None) -> float | None:

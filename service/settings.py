@@ -61,6 +61,11 @@ class Settings:
     search_rate_limit: tuple[int, int] = (4, 1_000)
     reconcile_interval_seconds: float | None = None
     reconcile_lookback_seconds: float = 3600.0
+    rules_dry_run: bool = False
+    action_max_attempts: int = 8
+    app_id: str | None = None
+    # The environment as read, for `env:NAME` references in the rules file (secrets stay there).
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -98,6 +103,10 @@ class Settings:
             search_rate_limit=r.get("HUBSPOT_SEARCH_RATE_LIMIT", _rate) or (4, 1_000),
             reconcile_interval_seconds=r.get("RECONCILE_INTERVAL", _duration),
             reconcile_lookback_seconds=r.get("RECONCILE_LOOKBACK", _duration) or 3600.0,
+            rules_dry_run=r.get("RULES_DRY_RUN", _bool) or False,
+            action_max_attempts=r.get("ACTION_MAX_ATTEMPTS", _int_range(1, 100)) or 8,
+            app_id=r.get("HUBSPOT_APP_ID", _digits),
+            environ=dict(env),
         )
 
     def require_client_secret(self) -> tuple[str, ...]:
@@ -210,6 +219,12 @@ def _existing_file(value: str) -> Path:
     if not path.is_file():
         raise ValueError(f"no such file: {value}")
     return path
+
+
+def _digits(value: str) -> str:
+    if not value.isdigit():
+        raise ValueError(f"expected the app's numeric id, got {value!r}")
+    return value
 
 
 def _seconds(value: str) -> float:

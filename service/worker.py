@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from service import db, inbox, mirror
 from service.events import Event, normalise
 from service.handlers.registry import Registry, registry
+from service.handlers.rules import Before, RuleEngine
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Worker:
     max_attempts: int = 10
     poll_seconds: float = 5.0
     handlers: Registry = field(default_factory=lambda: registry)
+    rules: RuleEngine | None = None
 
     def run_batch(self) -> BatchReport:
         """Claim, apply and settle one batch in one transaction."""
@@ -135,6 +137,7 @@ class Worker:
                 events.append(normalise(row.id, row.payload))
             except Exception as exc:  # noqa: BLE001 - a malformed row fails alone
                 outcomes[row.id] = _failed(row.id, exc)
+        before = self.rules.before(connection, events) if self.rules is not None else {}
         try:
             with connection.begin_nested():
                 mirror.apply_events(connection, events)
@@ -146,29 +149,59 @@ class Worker:
                         mirror.apply_events(connection, [event])
                 except Exception as exc:  # noqa: BLE001 - this event fails, the rest go on
                     outcomes[event.inbox_id] = _failed(event.inbox_id, exc)
+        handled: set[int] = set()
         for event in events:
             if event.inbox_id in outcomes:
                 continue
             handlers = self.handlers.handlers_for(event)
-            if handlers:
-                try:
-                    # rollback_only: the session neither commits nor discards the savepoint
-                    # on close; the savepoint is ours, released or rolled back here.
-                    with (
-                        connection.begin_nested(),
-                        Session(bind=connection, join_transaction_mode="rollback_only") as session,
-                    ):
-                        for handler in handlers:
-                            handler(event, session)
-                        session.flush()
-                except Exception as exc:  # noqa: BLE001 - a user handler fails its event only
-                    outcomes[event.inbox_id] = _failed(event.inbox_id, exc)
-                    continue
-            handled = bool(handlers) or mirror.handles(event)
-            outcomes[event.inbox_id] = inbox.Outcome(
-                event.inbox_id, "done" if handled else "ignored"
-            )
+            if not handlers:
+                continue
+            try:
+                # rollback_only: the session neither commits nor discards the savepoint on
+                # close; the savepoint is ours, released or rolled back here.
+                with (
+                    connection.begin_nested(),
+                    Session(bind=connection, join_transaction_mode="rollback_only") as session,
+                ):
+                    for handler in handlers:
+                        handler(event, session)
+                    session.flush()
+            except Exception as exc:  # noqa: BLE001 - a user handler fails its event only
+                outcomes[event.inbox_id] = _failed(event.inbox_id, exc)
+                continue
+            handled.add(event.inbox_id)
+        applied = [e for e in events if e.inbox_id not in outcomes]
+        handled |= self._fire(connection, applied, before, outcomes)
+        for event in applied:
+            if event.inbox_id in outcomes:
+                continue
+            done = event.inbox_id in handled or mirror.handles(event)
+            outcomes[event.inbox_id] = inbox.Outcome(event.inbox_id, "done" if done else "ignored")
         return [outcomes[row.id] for row in claimed]
+
+    def _fire(
+        self,
+        connection: sa.Connection,
+        events: list[Event],
+        before: dict[int, Before],
+        outcomes: dict[int, inbox.Outcome],
+    ) -> set[int]:
+        """Write the batch's action runs; if that fails, one event at a time."""
+        if self.rules is None or not events:
+            return set()
+        try:
+            with connection.begin_nested():
+                return self.rules.fire(connection, events, before)
+        except Exception:  # noqa: BLE001 - find the event whose rule cannot fire
+            log.warning("rules_fire_failed_retrying_singly", extra={"events": len(events)})
+        fired: set[int] = set()
+        for event in events:
+            try:
+                with connection.begin_nested():
+                    fired |= self.rules.fire(connection, [event], before)
+            except Exception as exc:  # noqa: BLE001 - this event fails, the rest go on
+                outcomes[event.inbox_id] = _failed(event.inbox_id, exc)
+        return fired
 
 
 def _failed(row_id: int, exc: BaseException) -> inbox.Outcome:

@@ -1,0 +1,174 @@
+"""The outbox of action runs: lease due runs, execute them with no transaction open, settle.
+
+A run is leased (its next attempt pushed past the lease) in a short transaction, executed, then
+marked done with a short result, or failed with the error and retried with exponential backoff
+and jitter, or dead after ACTION_MAX_ATTEMPTS (or at once when the target refused it for good).
+Dead runs stay listed and can be replayed. Downstream outages never touch ingest or apply.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 300
+RUN_STATUSES = ("pending", "done", "failed", "dead")
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A leased action run."""
+
+    id: int
+    portal_id: int
+    inbox_id: int
+    rule: str
+    action_index: int
+    action: str
+    object_type: str
+    object_id: int
+    payload: dict[str, Any]
+    attempts: int
+
+
+_CLAIM = sa.text(
+    f"""
+    UPDATE action_runs r
+    SET next_attempt_at = now() + interval '{LEASE_SECONDS} seconds', attempts = r.attempts + 1
+    WHERE r.id IN (
+        SELECT id FROM action_runs
+        WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
+        ORDER BY next_attempt_at, id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING r.id, r.portal_id, r.inbox_id, r.rule, r.action_index, r.action, r.object_type,
+              r.object_id, r.payload, r.attempts
+    """
+)
+
+
+def claim(connection: sa.Connection, limit: int = 20) -> list[Run]:
+    """Lease up to `limit` due runs (a crashed executor's lease simply runs out)."""
+    return [Run(**row._mapping) for row in connection.execute(_CLAIM, {"limit": limit})]
+
+
+def complete(connection: sa.Connection, run_id: int, result: str) -> None:
+    """The action happened."""
+    connection.execute(
+        sa.text(
+            "UPDATE action_runs SET status = 'done', result = :result, last_error = NULL,"
+            " done_at = now() WHERE id = :id"
+        ),
+        {"id": run_id, "result": result[:500]},
+    )
+
+
+def fail(
+    connection: sa.Connection, run_id: int, error: str, *, max_attempts: int, permanent: bool
+) -> str:
+    """The action did not happen: retry later with backoff, or dead; returns the new status."""
+    status: str = connection.execute(
+        sa.text(
+            """
+            UPDATE action_runs
+            SET status = CASE WHEN :permanent OR attempts >= :max THEN 'dead' ELSE 'failed' END,
+                last_error = :error,
+                next_attempt_at = now() + make_interval(
+                    secs => least(3600, 10 * power(2, least(attempts - 1, 20))) * (0.5 + random()))
+            WHERE id = :id
+            RETURNING status
+            """
+        ),
+        {"id": run_id, "error": error[:2000], "max": max_attempts, "permanent": permanent},
+    ).scalar_one()
+    return status
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilters:
+    """Which action runs an operator means."""
+
+    ids: tuple[int, ...] = ()
+    statuses: tuple[str, ...] = ()
+    rule: str | None = None
+    portal_id: int | None = None
+    since: datetime | None = None
+
+    def where(self) -> tuple[str, dict[str, Any]]:
+        """A SQL condition and its parameters."""
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
+        for column, value in (("rule", self.rule), ("portal_id", self.portal_id)):
+            if value is not None:
+                clauses.append(f"{column} = :{column}")
+                params[column] = value
+        if self.ids:
+            clauses.append("id = ANY(:ids)")
+            params["ids"] = list(self.ids)
+        if self.statuses:
+            clauses.append("status = ANY(:statuses)")
+            params["statuses"] = list(self.statuses)
+        if self.since is not None:
+            clauses.append("created_at >= :since")
+            params["since"] = self.since
+        return (" AND ".join(clauses) or "true"), params
+
+
+def list_runs(connection: sa.Connection, filters: RunFilters, *, limit: int = 50) -> list[Any]:
+    """The newest runs matching `filters` (payloads left out: they can hold personal data)."""
+    where, params = filters.where()
+    return list(
+        connection.execute(
+            sa.text(
+                "SELECT id, portal_id, inbox_id, rule, action_index, action, object_type,"
+                " object_id, status, attempts, next_attempt_at, last_error, result, created_at,"
+                f" done_at FROM action_runs WHERE {where} ORDER BY id DESC LIMIT :limit"
+            ),
+            {**params, "limit": limit},
+        )
+    )
+
+
+def replay(connection: sa.Connection, filters: RunFilters) -> int:
+    """Run matching runs again (dead ones included); returns how many."""
+    where, params = filters.where()
+    count = connection.execute(
+        sa.text(
+            "UPDATE action_runs SET status = 'pending', attempts = 0, next_attempt_at = now(),"
+            f" last_error = NULL WHERE {where}"
+        ),
+        params,
+    ).rowcount
+    if count:
+        connection.execute(sa.text("SELECT pg_notify('hubspot_actions', '')"))
+    return int(count)
+
+
+def record_own_write(
+    connection: sa.Connection, portal_id: int, object_type: str, object_id: int
+) -> None:
+    """Remember a record our action created, so its webhook echo fires no rule."""
+    connection.execute(
+        sa.text(
+            "INSERT INTO own_writes (portal_id, object_type, object_id) VALUES (:p, :t, :o)"
+            " ON CONFLICT DO NOTHING"
+        ),
+        {"p": portal_id, "t": object_type, "o": object_id},
+    )
+
+
+def payload_json(payload: Mapping[str, Any]) -> str:
+    """Payloads as stored (for operators' `actions show`)."""
+    return json.dumps(payload, indent=2, ensure_ascii=False, default=str)
+
+
+Executor = Callable[[Run], Any]
