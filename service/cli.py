@@ -18,18 +18,22 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from service import db, hubspot_api, inbox
-from service.handlers.registry import load_modules
+from service import db, hubspot_api, inbox, outbox
+from service.handlers.registry import load_modules, registry
+from service.handlers.rules import RuleEngine, load_engine
 from service.hydration import Hydrator
 from service.logs import configure_logging
+from service.outbox import RUN_STATUSES, RunFilters
 from service.reconcile import OBJECT_TYPES, Progress, known_portals, reconcile, reconcile_all
+from service.rules import RuleError, load_rules_file
 from service.settings import Settings, SettingsError
-from service.worker import Worker, run_loop
+from service.worker import ActionRunner, Worker, run_loop
 
 log = logging.getLogger(__name__)
 
 DEV_SECRET_FILE = "dev-client-secret"  # noqa: S105 - a file name, not a secret
 WEBHOOK_PATH = "/webhooks/hubspot"
+RECEIVER_SECRET_FILE = "receiver-secret"  # noqa: S105 - a file name, not a secret
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,6 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args, settings)
     except SettingsError as exc:
         print(f"hubspot-webhooks: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except RuleError as exc:
+        print("hubspot-webhooks: invalid rules:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
         return 2
     except db.DatabaseError as exc:
         print(f"hubspot-webhooks: database error: {exc}", file=sys.stderr)
@@ -81,6 +90,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(run=_worker)
 
+    _operator_commands(sub)
+
+    receiver = sub.add_parser(
+        "receiver", help="a local endpoint for the webhook action: verifies and prints deliveries"
+    )
+    receiver.add_argument("--port", type=int, default=9000, help="port (default 9000)")
+    receiver.add_argument(
+        "--secret", help="whsec_... secret (default: DATA_DIR/receiver-secret, created once)"
+    )
+    receiver.set_defaults(run=_receiver)
+
+    from service import sender
+
+    sender.add_arguments(
+        sub.add_parser("send", help="sign and POST sample or given events to a webhook URL")
+    )
+    sub.choices["send"].set_defaults(run=_send)
+    return parser
+
+
+def _operator_commands(sub: Any) -> None:
+    """Commands for looking at and steering a running system."""
     events = sub.add_parser("events", help="list inbox events, or show one: events [show] ID")
     events.add_argument("show", nargs="*", metavar="ID", help="show this event in full")
     _add_filters(events)
@@ -130,13 +161,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     hydration.set_defaults(run=_hydration)
 
-    from service import sender
+    rules = sub.add_parser("rules", help="rules: `rules check [FILE]` validates offline")
+    rules.add_argument("verb", choices=["check"], help="what to do")
+    rules.add_argument("file", nargs="?", type=Path, help="rules file (default $RULES_FILE)")
+    rules.set_defaults(run=_rules)
 
-    sender.add_arguments(
-        sub.add_parser("send", help="sign and POST sample or given events to a webhook URL")
+    runs = sub.add_parser(
+        "actions", help="list action runs, `actions show ID`, or `actions replay ...`"
     )
-    sub.choices["send"].set_defaults(run=_send)
-    return parser
+    runs.add_argument("words", nargs="*", metavar="show ID | replay", help="what to do")
+    runs.add_argument("--status", action="append", default=[], choices=RUN_STATUSES)
+    runs.add_argument("--rule", help="rule name")
+    runs.add_argument("--portal", type=int, help="portal (HubSpot account) id")
+    runs.add_argument("--since", type=_when, help="created at or after: ISO time or 30m, 2h, 1d")
+    runs.add_argument("--id", type=int, action="append", default=[], help="run id (repeatable)")
+    runs.add_argument("--all", action="store_true", help="with replay: every run")
+    runs.add_argument("--limit", type=int, default=50, help="rows to list (default 50)")
+    runs.set_defaults(run=_actions)
 
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
@@ -186,6 +227,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             "DATABASE_URL is not set: `serve` needs a database (use `dev` for an embedded one)"
         )
     settings.require_client_secret()
+    load_modules(settings.handler_modules)
+    _rule_engine(settings)  # refuse to start with an invalid rules file
     _run_uvicorn(settings, settings.database_url, args.host, args.port or settings.port)
     return 0
 
@@ -226,31 +269,50 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url is None:
         raise SettingsError("DATABASE_URL is not set: `worker` needs the service's database")
     load_modules(settings.handler_modules)
+    rules = _rule_engine(settings)
     engine = db.create_engine(settings.database_url, pool_size=2)
-    worker = _make_worker(settings, engine)
+    worker = _make_worker(settings, engine, rules)
     try:
         if args.drain:
             print(f"applied {worker.drain()} events", file=sys.stderr)
             hydrator = _make_hydrator(settings, engine)
             if hydrator is not None:
                 print(f"fetched {hydrator.drain()} records", file=sys.stderr)
+            runner = _make_runner(settings, engine, rules)
+            print(f"ran {runner.drain()} actions", file=sys.stderr)
+            runner.close()
             return 0
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-        with _stage_threads(settings, engine, stop):
+        with _stage_threads(settings, engine, stop, rules):
             worker.run(stop)
     finally:
         engine.dispose()
     return 0
 
 
-def _make_worker(settings: Settings, engine: Any) -> Worker:
+def _rule_engine(settings: Settings) -> RuleEngine | None:
+    """Rules of RULES_FILE and code (after HANDLER_MODULES are loaded); RuleError if invalid."""
+    return load_engine(settings, registry.rules)
+
+
+def _make_worker(settings: Settings, engine: Any, rules: RuleEngine | None) -> Worker:
     return Worker(
         engine,
         batch_size=settings.worker_batch_size,
         max_attempts=settings.max_attempts,
         poll_seconds=settings.worker_poll_seconds,
+        rules=rules,
+    )
+
+
+def _make_runner(settings: Settings, engine: Any, rules: RuleEngine | None) -> ActionRunner:
+    return ActionRunner(
+        engine,
+        rules.rules if rules is not None else [],
+        settings,
+        api=hubspot_api.from_settings(settings, engine),
     )
 
 
@@ -266,9 +328,20 @@ def _make_hydrator(settings: Settings, engine: Any) -> Hydrator | None:
 
 
 @contextmanager
-def _stage_threads(settings: Settings, engine: Any, stop: threading.Event) -> Iterator[None]:
+def _stage_threads(
+    settings: Settings, engine: Any, stop: threading.Event, rules: RuleEngine | None
+) -> Iterator[None]:
     """The stages that call out run in threads of their own beside the apply loop."""
-    threads: list[threading.Thread] = []
+    runner = _make_runner(settings, engine, rules)
+    threads = [
+        threading.Thread(
+            target=run_loop,
+            args=("act", runner.run_once, stop),
+            kwargs={"idle_seconds": min(1.0, settings.worker_poll_seconds)},
+            name="act",
+            daemon=True,
+        )
+    ]
     hydrator = _make_hydrator(settings, engine)
     interval = settings.reconcile_interval_seconds
     if hydrator is not None and interval is not None:
@@ -311,18 +384,20 @@ def _stage_threads(settings: Settings, engine: Any, stop: threading.Event) -> It
         stop.set()
         for thread in threads:
             thread.join(60)
+        runner.close()
 
 
 @contextmanager
 def _background_worker(settings: Settings, url: str) -> Iterator[None]:
     """`dev` runs a worker beside the web server, in threads, until the server stops."""
     load_modules(settings.handler_modules)
-    engine = db.create_engine(url, pool_size=2)
+    rules = _rule_engine(settings)
+    engine = db.create_engine(url, pool_size=3)
     stop = threading.Event()
     thread = threading.Thread(
-        target=_make_worker(settings, engine).run, args=(stop,), name="worker", daemon=True
+        target=_make_worker(settings, engine, rules).run, args=(stop,), name="worker", daemon=True
     )
-    with _stage_threads(settings, engine, stop):
+    with _stage_threads(settings, engine, stop, rules):
         thread.start()
         try:
             yield
@@ -469,6 +544,88 @@ def _hydration(args: argparse.Namespace, settings: Settings) -> int:
     for row in rows:
         print(json.dumps(dict(row._mapping), default=str))
     print(f"{len(rows)} fetch requests", file=sys.stderr)
+    return 0
+
+
+def _rules(args: argparse.Namespace, settings: Settings) -> int:
+    path = args.file or settings.rules_file
+    if path is None:
+        print("hubspot-webhooks rules check: give a FILE or set RULES_FILE", file=sys.stderr)
+        return 2
+    rules, warnings = load_rules_file(path)
+    for warning in warnings:
+        print(warning, file=sys.stderr)
+    actions = sum(len(rule.actions) for rule in rules)
+    print(f"{path}: {len(rules)} rules, {actions} actions: ok")
+    return 0
+
+
+def _actions(args: argparse.Namespace, settings: Settings) -> int:
+    words = list(args.words)
+    filters = RunFilters(
+        ids=tuple(args.id),
+        statuses=tuple(args.status),
+        rule=args.rule,
+        portal_id=args.portal,
+        since=args.since,
+    )
+    if words[:1] == ["replay"]:
+        if filters == RunFilters() and not args.all:
+            print(
+                "hubspot-webhooks actions replay: say which runs (--id, --status, --rule,"
+                " --portal, --since) or --all",
+                file=sys.stderr,
+            )
+            return 2
+        with _operator_database(settings) as engine, engine.begin() as connection:
+            print(f"re-queued {outbox.replay(connection, filters)} action runs")
+        return 0
+    ids = [w for w in words if w != "show"]
+    if not all(w.isdigit() for w in ids):
+        print(
+            "hubspot-webhooks actions: use `actions show ID` or `actions replay`", file=sys.stderr
+        )
+        return 2
+    with _operator_database(settings) as engine, engine.connect() as connection:
+        if ids:
+            for run_id in ids:
+                row = connection.execute(
+                    sa.text("SELECT * FROM action_runs WHERE id = :id"), {"id": int(run_id)}
+                ).first()
+                if row is None:
+                    print(f"no action run with id {run_id}", file=sys.stderr)
+                    return 1
+                print(json.dumps(dict(row._mapping), indent=2, default=str, ensure_ascii=False))
+            return 0
+        rows = outbox.list_runs(connection, filters, limit=args.limit)
+    for row in rows:
+        print(
+            f"{row.id:>8}  {row.status:<7} {row.attempts:>3}  {row.action:<13} {row.rule:<28}"
+            f" {row.object_type}:{row.object_id}  {row.result or ''}"
+        )
+        if row.last_error and row.status in ("failed", "dead"):
+            print(f"{'':>10}error: {row.last_error.splitlines()[0][:120]}")
+    print(f"{len(rows)} action runs", file=sys.stderr)
+    return 0
+
+
+def _receiver(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from service.receiver import create_receiver, new_secret
+
+    configure_logging("WARNING", "console")
+    secret = args.secret
+    if secret is None:
+        path = settings.data_dir / RECEIVER_SECRET_FILE
+        if not path.is_file():
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(new_secret())
+        secret = path.read_text().strip()
+        print(f"secret: in {path} (never printed)", file=sys.stderr)
+    print(f"receiving signed deliveries on http://127.0.0.1:{args.port}/", file=sys.stderr)
+    uvicorn.run(create_receiver(secret), host="127.0.0.1", port=args.port, log_config=None)
     return 0
 
 

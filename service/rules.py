@@ -23,7 +23,7 @@ import math
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,7 @@ class Rule:
     exclude_change_sources: frozenset[str] = frozenset()
     include_own_writes: bool = False
     source: str = "code"
+    predicate: Callable[[Event], bool] | None = None  # a code rule's extra condition
 
     def matches(
         self,
@@ -151,7 +152,9 @@ class Rule:
         number = _number(value)
         if self.above is not None and (number is None or not number > self.above):
             return False
-        return not (self.below is not None and (number is None or not number < self.below))
+        if self.below is not None and (number is None or not number < self.below):
+            return False
+        return self.predicate is None or self.predicate(event)
 
     @property
     def watches_previous(self) -> bool:
@@ -560,9 +563,11 @@ def _check_specifics(
                 "webhook secret must be whsec_... or env:VARIABLE",
                 'secret = "env:CRM_OPS_WEBHOOK_SECRET"',
             )
-        if not str(item.get("url", "")).startswith(("http://", "https://")):
+        if not str(item.get("url", "")).startswith(("http://", "https://", "env:")):
             checker.error(
-                checker.line_of("url", aline), "webhook url must be http(s)", 'url = "https://..."'
+                checker.line_of("url", aline),
+                "webhook url must be http(s) or env:VARIABLE",
+                'url = "https://..."',
             )
     if action_type == "slack" and not str(item.get("url", "env:")).startswith(
         ("https://", "http://", "env:")
@@ -572,6 +577,15 @@ def _check_specifics(
             "slack url must be an http(s) URL or env:VARIABLE",
             "or leave it out to use SLACK_WEBHOOK_URL",
         )
+
+
+def rule_from_mapping(data: Mapping[str, Any], where: str) -> Rule:
+    """Validate one rule given as a mapping (name, when, do), as code rules are declared."""
+    checker = _Checker(where, "")
+    rule = _parse_rule(checker, dict(data), 0, None)
+    if checker.problems or rule is None:
+        raise RuleError(checker.problems or [f"{where}: invalid rule"])
+    return replace(rule, source=where)
 
 
 def load_rules_file(

@@ -12,17 +12,22 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import httpx
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from service import db, inbox, mirror
+from service import actions, db, inbox, mirror, outbox
 from service.events import Event, normalise
 from service.handlers.registry import Registry, registry
 from service.handlers.rules import Before, RuleEngine
+from service.hubspot_api import HubSpotApi
+from service.rules import Rule
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -225,3 +230,89 @@ def run_loop(
             log.error("loop_error", extra={"loop": name, "error": type(exc).__name__})
         stop.wait(idle_seconds)
     log.info("loop_stopped", extra={"loop": name})
+
+
+@dataclass
+class ActionRunner:
+    """Executes due action runs (the act stage): network I/O, never inside a transaction."""
+
+    engine: sa.Engine
+    rules: Sequence[Rule]
+    settings: Settings
+    api: HubSpotApi | None = None
+    batch_size: int = 20
+    _http: httpx.Client | None = field(default=None, init=False, repr=False)
+
+    def run_once(self) -> int:
+        """Lease and execute up to `batch_size` due runs; returns how many."""
+        with self.engine.begin() as connection:
+            runs = outbox.claim(connection, self.batch_size)
+        for run in runs:
+            self._execute(run)
+        return len(runs)
+
+    def drain(self) -> int:
+        """Execute until nothing is due."""
+        total = 0
+        while count := self.run_once():
+            total += count
+        return total
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        if self._http is not None:
+            self._http.close()
+
+    def _options(self, run: outbox.Run) -> Mapping[str, Any] | None:
+        for rule in self.rules:
+            if rule.name == run.rule and run.action_index < len(rule.actions):
+                return rule.actions[run.action_index].options
+        return None
+
+    def _execute(self, run: outbox.Run) -> None:
+        if self._http is None:
+            self._http = httpx.Client(follow_redirects=False)
+        options = self._options(run)
+        error: str | None = None
+        permanent = False
+        outcome: actions.Outcome | None = None
+        if options is None and run.payload.get("action") != "log":
+            error, permanent = (
+                f"rule {run.rule!r} (action {run.action_index}) no longer exists",
+                True,
+            )
+        else:
+            context = actions.RunContext(
+                run_id=run.id,
+                portal_id=run.portal_id,
+                payload=run.payload,
+                options=options or {},
+                environ=self.settings.environ,
+                slack_webhook_url=self.settings.slack_webhook_url,
+                api=self.api,
+                http=self._http,
+            )
+            try:
+                outcome = actions.execute(context)
+            except actions.ActionFailed as exc:
+                error, permanent = str(exc), isinstance(exc, actions.ActionRejected)
+            except Exception as exc:  # noqa: BLE001 - an executor bug fails its run, not the loop
+                error = f"{type(exc).__name__}: {exc}"
+        with self.engine.begin() as connection:
+            if outcome is not None:
+                outbox.complete(connection, run.id, outcome.summary)
+                if outcome.created is not None:
+                    outbox.record_own_write(connection, run.portal_id, *outcome.created)
+                log.info("action_done", extra={"run_id": run.id, "action": run.action})
+                return
+            status = outbox.fail(
+                connection,
+                run.id,
+                error or "unknown error",
+                max_attempts=self.settings.action_max_attempts,
+                permanent=permanent,
+            )
+        log.warning(
+            "action_failed",
+            extra={"run_id": run.id, "action": run.action, "status": status, "rule": run.rule},
+        )

@@ -34,7 +34,7 @@ from service.actions import (
     resolve_secret,
 )
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 USER_AGENT = "hubspot-webhooks"
 
 clock: Callable[[], float] = time.time  # tests replace it to see each attempt's timestamp

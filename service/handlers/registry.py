@@ -15,14 +15,17 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from service.events import CLASSIC_TYPES, OBJECT_TYPE_IDS, Event, Kind
+from service.rules import Rule, rule_from_mapping
 
 Handler = Callable[[Event, Session], None]
+Predicate = Callable[[Event], bool]
 HandlerKey = tuple[str, Kind, str | None]
 ANY_TYPE = "*"
 _TYPE_ID = re.compile(r"^[02]-[0-9]+$")
@@ -69,6 +72,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._handlers: dict[HandlerKey, Registration] = {}
+        self._rules: dict[str, Rule] = {}
 
     def on(
         self, object_type: str, kind: Kind | str, *, prop: str | None = None
@@ -104,6 +108,40 @@ class Registry:
 
         return register
 
+    def rule(
+        self,
+        name: str,
+        *,
+        when: Mapping[str, Any],
+        do: Sequence[Mapping[str, Any]],
+    ) -> Callable[[Predicate], Predicate]:
+        """Declare a rule in code; the decorated function is an extra condition on the event.
+
+            @registry.rule("vip-deal", when={"object": "deals", "kind": "property_change",
+                           "property": "amount", "above": 50000},
+                           do=[{"action": "slack", "text": "{record.dealname}"}])
+            def in_emea(event: Event) -> bool: ...
+
+        It is validated exactly like a rules-file rule and becomes the same Rule object.
+        """
+        place = _caller()
+
+        def register(fn: Predicate) -> Predicate:
+            rule = rule_from_mapping({"name": name, "when": when, "do": list(do)}, place)
+            if name in self._rules:
+                raise DuplicateHandler(
+                    f"rule {name!r} is declared twice: at {self._rules[name].source} and {place}"
+                )
+            self._rules[name] = replace(rule, predicate=fn)
+            return fn
+
+        return register
+
+    @property
+    def rules(self) -> list[Rule]:
+        """Rules declared in code."""
+        return list(self._rules.values())
+
     def handlers_for(self, event: Event) -> list[Handler]:
         """The handlers that apply to `event`, most specific first."""
         found: list[Handler] = []
@@ -115,8 +153,9 @@ class Registry:
         return found
 
     def clear(self) -> None:
-        """Forget every handler (tests)."""
+        """Forget every handler and code rule (tests)."""
         self._handlers.clear()
+        self._rules.clear()
 
     def __len__(self) -> int:
         return len(self._handlers)

@@ -18,7 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from service.events import Event, Kind
-from service.rules import Action, Rule, render, render_any
+from service.rules import Action, Rule, RuleError, load_rules_file, render, render_any
+from service.settings import Settings
 
 PropertyKey = tuple[int, str, int, str]  # portal, object type, object id, property
 DAY_MS = 86_400_000
@@ -323,3 +324,24 @@ def _matches(
     if rule.prop != "dealstage" or not labels:
         return rule.matches(event, previous)
     return rule.matches(event, previous, lambda stage: labels.get((event.portal_id, stage)))
+
+
+def load_engine(settings: Settings, code_rules: Sequence[Rule]) -> RuleEngine | None:
+    """The rules of RULES_FILE and of code, validated together; None when there are none.
+
+    Raises RuleError (file, line, fix) for an invalid file or a name used in both places.
+    """
+    rules: list[Rule] = []
+    if settings.rules_file is not None:
+        rules, _warnings = load_rules_file(settings.rules_file)
+    names = {rule.name: rule.source for rule in rules}
+    for rule in code_rules:
+        if rule.name in names:
+            raise RuleError(
+                [f"rule {rule.name!r} is declared twice: at {names[rule.name]} and {rule.source}"]
+            )
+        names[rule.name] = rule.source
+        rules.append(rule)
+    if not rules:
+        return None
+    return RuleEngine(rules, dry_run=settings.rules_dry_run, app_id=settings.app_id)
