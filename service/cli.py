@@ -24,6 +24,7 @@ from service.handlers.rules import RuleEngine, load_engine
 from service.hydration import Hydrator
 from service.logs import configure_logging
 from service.outbox import RUN_STATUSES, RunFilters
+from service.pipelines import refresh_stale
 from service.reconcile import OBJECT_TYPES, Progress, known_portals, reconcile, reconcile_all
 from service.rules import RuleError, load_rules_file
 from service.settings import Settings, SettingsError
@@ -363,6 +364,22 @@ def _stage_threads(
                 args=("reconcile", scheduled_reconcile, stop),
                 kwargs={"idle_seconds": interval},
                 name="reconcile",
+                daemon=True,
+            )
+        )
+    if hydrator is not None and rules is not None and rules.uses_stage_labels:
+        api_for_stages = hydrator.api
+
+        def stage_labels() -> int:
+            refresh_stale(engine, api_for_stages, known_portals(engine))
+            return 0  # then wait
+
+        threads.append(
+            threading.Thread(
+                target=run_loop,
+                args=("pipelines", stage_labels, stop),
+                kwargs={"idle_seconds": 600.0},
+                name="pipelines",
                 daemon=True,
             )
         )

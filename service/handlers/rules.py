@@ -58,6 +58,11 @@ class RuleEngine:
     def __post_init__(self) -> None:
         self._watched = {(r.object_type, r.prop) for r in self.rules}
 
+    @property
+    def uses_stage_labels(self) -> bool:
+        """Whether some rule names deal stages (labels are fetched only then)."""
+        return any(r.prop == "dealstage" for r in self.rules)
+
     def _relevant(self, event: Event) -> bool:
         return any(
             rule.kind is event.kind and rule.object_type in ("*", event.object_type)
