@@ -37,7 +37,8 @@ def refresh_stages(
             connection.execute(
                 sa.text(
                     """
-                    INSERT INTO pipeline_stages (portal_id, object_type, stage_id, pipeline_id, label)
+                    INSERT INTO pipeline_stages
+                        (portal_id, object_type, stage_id, pipeline_id, label)
                     SELECT :p, :t, r.stage_id, r.pipeline_id, r.label
                     FROM jsonb_to_recordset(CAST(:rows AS jsonb))
                          AS r(stage_id text, pipeline_id text, label text)
