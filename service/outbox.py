@@ -8,9 +8,7 @@ Dead runs stay listed and can be replayed. Downstream outages never touch ingest
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -73,7 +71,13 @@ def complete(connection: sa.Connection, run_id: int, result: str) -> None:
 
 
 def fail(
-    connection: sa.Connection, run_id: int, error: str, *, max_attempts: int, permanent: bool
+    connection: sa.Connection,
+    run_id: int,
+    error: str,
+    *,
+    max_attempts: int,
+    permanent: bool,
+    retry_after: float | None = None,
 ) -> str:
     """The action did not happen: retry later with backoff, or dead; returns the new status."""
     status: str = connection.execute(
@@ -82,13 +86,20 @@ def fail(
             UPDATE action_runs
             SET status = CASE WHEN :permanent OR attempts >= :max THEN 'dead' ELSE 'failed' END,
                 last_error = :error,
-                next_attempt_at = now() + make_interval(
-                    secs => least(3600, 10 * power(2, least(attempts - 1, 20))) * (0.5 + random()))
+                next_attempt_at = now() + make_interval(secs => greatest(
+                    :retry_after,
+                    least(3600, 10 * power(2, least(attempts - 1, 20))) * (0.5 + random())))
             WHERE id = :id
             RETURNING status
             """
         ),
-        {"id": run_id, "error": error[:2000], "max": max_attempts, "permanent": permanent},
+        {
+            "id": run_id,
+            "error": error[:2000],
+            "max": max_attempts,
+            "permanent": permanent,
+            "retry_after": min(retry_after or 0.0, 3600.0),  # the target's Retry-After, bounded
+        },
     ).scalar_one()
     return status
 
@@ -164,11 +175,3 @@ def record_own_write(
         ),
         {"p": portal_id, "t": object_type, "o": object_id},
     )
-
-
-def payload_json(payload: Mapping[str, Any]) -> str:
-    """Payloads as stored (for operators' `actions show`)."""
-    return json.dumps(payload, indent=2, ensure_ascii=False, default=str)
-
-
-Executor = Callable[[Run], Any]

@@ -275,6 +275,7 @@ class ActionRunner:
         options = self._options(run)
         error: str | None = None
         permanent = False
+        retry_after: float | None = None
         outcome: actions.Outcome | None = None
         if options is None and run.payload.get("action") != "log":
             error, permanent = (
@@ -296,6 +297,7 @@ class ActionRunner:
                 outcome = actions.execute(context)
             except actions.ActionFailed as exc:
                 error, permanent = str(exc), isinstance(exc, actions.ActionRejected)
+                retry_after = exc.retry_after
             except Exception as exc:  # noqa: BLE001 - an executor bug fails its run, not the loop
                 error = f"{type(exc).__name__}: {exc}"
         with self.engine.begin() as connection:
@@ -311,6 +313,7 @@ class ActionRunner:
                 error or "unknown error",
                 max_attempts=self.settings.action_max_attempts,
                 permanent=permanent,
+                retry_after=retry_after,
             )
         log.warning(
             "action_failed",
