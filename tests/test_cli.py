@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -90,3 +94,58 @@ def test_migrate_command_upgrades_a_database_to_head(database_url: str, tmp_path
         with admin.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_dev_runs_on_an_embedded_database_and_stops_it_cleanly(tmp_path: Path) -> None:
+    # The README's first command: no DATABASE_URL, no secret; dev does the rest.
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "HUBSPOT_CLIENT_SECRET", "RULES_FILE")
+    }
+    env |= {"DATA_DIR": str(tmp_path / "data"), "PORT": str(port), "LOG_FORMAT": "json"}
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "service", "dev"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert dev.poll() is None, dev.communicate()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "dev did not become ready"
+            time.sleep(0.2)
+        sent = run_cli("send", "contact.creation", "--save", str(tmp_path / "b.json"), env=env)
+        again = run_cli("send", "--file", str(tmp_path / "b.json"), env=env)
+        shown = run_cli("events", "--json", env=env)
+        deadline = time.monotonic() + 20
+        while '"done"' not in shown.stdout and time.monotonic() < deadline:
+            time.sleep(0.3)
+            shown = run_cli("events", "--json", env=env)
+    finally:
+        dev.send_signal(signal.SIGTERM)
+        _, err = dev.communicate(timeout=60)
+
+    assert sent.returncode == 0, sent.stderr
+    assert "stored 1, duplicates 0" in sent.stdout
+    assert again.returncode == 0
+    assert "stored 0, duplicates 1" in again.stdout
+    assert '"status": "done"' in shown.stdout
+    assert dev.returncode == 0, err
+    assert "embedded_postgres_stopped" in err
+    assert (tmp_path / "data" / "dev-client-secret").stat().st_mode & 0o077 == 0
