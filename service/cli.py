@@ -279,6 +279,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
             hydrator = _make_hydrator(settings, engine)
             if hydrator is not None:
                 print(f"fetched {hydrator.drain()} records", file=sys.stderr)
+                hydrator.close()
             runner = _make_runner(settings, engine, rules)
             print(f"ran {runner.drain()} actions", file=sys.stderr)
             runner.close()
@@ -402,6 +403,8 @@ def _stage_threads(
         for thread in threads:
             thread.join(60)
         runner.close()
+        if hydrator is not None:
+            hydrator.close()
 
 
 @contextmanager

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +31,38 @@ class DatabaseError(Exception):
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
+
+
+def where(
+    *,
+    equal: dict[str, Any] | None = None,
+    any_of: dict[str, Sequence[Any]] | None = None,
+    at_least: dict[str, Any] | None = None,
+    before: dict[str, Any] | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """A SQL condition over column names (constants, never input) and its bound parameters.
+
+    None and empty values are left out; nothing at all gives `true`.
+    """
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    for column, value in (equal or {}).items():
+        if value is not None:
+            clauses.append(f"{column} = :{column}")
+            params[column] = value
+    for column, values in (any_of or {}).items():
+        if values:
+            clauses.append(f"{column} = ANY(:{column}_any)")
+            params[f"{column}_any"] = list(values)
+    for column, value in (at_least or {}).items():
+        if value is not None:
+            clauses.append(f"{column} >= :{column}_min")
+            params[f"{column}_min"] = value
+    for column, value in (before or {}).items():
+        if value is not None:
+            clauses.append(f"{column} < :{column}_max")
+            params[f"{column}_max"] = value
+    return (" AND ".join(clauses) or "true"), params
 
 
 def _connect_args(*, statement_timeout_ms: int | None) -> dict[str, Any]:

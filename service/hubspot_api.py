@@ -17,7 +17,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -163,6 +163,23 @@ def _ms(value: Any) -> int:
     return 0
 
 
+def _unpack(result: Any) -> tuple[Any, Any]:
+    """(data, headers) of an SDK `*_with_http_info` result, parsed JSON when not preloaded."""
+    if isinstance(result, tuple):
+        return result[0], result[2]
+    body = result.data
+    return (json.loads(body) if body else {}), result.headers
+
+
+def _record_json(obj: Mapping[str, Any]) -> Record:
+    return Record(
+        id=int(obj["id"]),
+        properties=dict(obj.get("properties") or {}),
+        updated_at_ms=_ms(obj.get("updatedAt")),
+        archived=bool(obj.get("archived", False)),
+    )
+
+
 def _record(obj: Any) -> Record:
     return Record(
         id=int(obj.id),
@@ -184,6 +201,9 @@ class HubSpotApi:
     client_secret: str | None = None
     sleep: Callable[[float], None] = time.sleep
     _sdk: _Sdk | None = field(default=None, init=False, repr=False)
+    _observed: dict[tuple[int, str], tuple[int, int]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @property
     def sdk(self) -> _Sdk:
@@ -250,15 +270,18 @@ class HubSpotApi:
             portal_id,
             "search",
             lambda auth: self.sdk.objects_search.do_search_with_http_info(
-                object_type, request, _request_auth=auth, _request_timeout=REQUEST_TIMEOUT
+                object_type,
+                request,
+                _request_auth=auth,
+                _request_timeout=REQUEST_TIMEOUT,
+                _preload_content=False,
             ),
             bucket="search",
         )
-        paging = getattr(response, "paging", None)
-        following = getattr(getattr(paging, "next", None), "after", None)
+        following = ((response.get("paging") or {}).get("next") or {}).get("after")
         return SearchPage(
-            records=[_record(r) for r in response.results or []],
-            total=int(response.total or 0),
+            records=[_record_json(r) for r in response.get("results") or []],
+            total=int(response.get("total") or 0),
             after=str(following) if following else None,
         )
 
@@ -319,7 +342,7 @@ class HubSpotApi:
                 "value": f"Bearer {token}",
             }
             try:
-                data, _status_code, headers = request(auth)
+                data, headers = _unpack(request(auth))
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 self._count(portal_id, endpoint, "connection_error")
                 if not retry_server_errors or attempt == MAX_TRIES:
@@ -332,6 +355,11 @@ class HubSpotApi:
                 status = _status(exc) or 0
                 message, category = _error_text(exc)
                 self._count(portal_id, endpoint, str(status))
+                if status == 0:  # the SDK's wrapping of a TLS or connection failure
+                    if not retry_server_errors or attempt == MAX_TRIES:
+                        raise HubSpotUnavailable(f"{endpoint}: connection failed") from None
+                    self._backoff(attempt)
+                    continue
                 if status == 429:
                     self.limiter.block(portal_id, bucket, _retry_after(exc))
                     if attempt == MAX_TRIES:
@@ -366,7 +394,10 @@ class HubSpotApi:
             window = int(headers.get("X-HubSpot-RateLimit-Interval-Milliseconds"))
         except (TypeError, ValueError):
             return
-        self.limiter.observe(portal_id, bucket, max_calls, window)
+        # The headers repeat on every answer: write only what is new to this process.
+        if self._observed.get((portal_id, bucket)) != (max_calls, window):
+            self.limiter.observe(portal_id, bucket, max_calls, window)
+            self._observed[(portal_id, bucket)] = (max_calls, window)
 
     def _count(self, portal_id: int, endpoint: str, outcome: str) -> None:
         with self.engine.begin() as connection:

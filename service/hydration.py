@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -212,16 +213,25 @@ class Hydrator:
     api: HubSpotApi
     configured_properties: Mapping[str, tuple[str, ...]]
     max_attempts: int = 10
+    # Applying a fetched batch overlaps the next fetch: one background thread writes, in order.
+    _writer: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    _writing: Future[None] | None = field(default=None, init=False, repr=False)
 
     def run_once(self) -> int:
-        """Fetch one group of up to 100 records; returns how many were claimed."""
+        """Fetch one group of up to 100 records; returns how many were claimed.
+
+        The fetched records are written in the background while the caller fetches the next
+        group; when nothing is left to claim, the last write is waited for.
+        """
         with self.engine.begin() as connection:
             claimed = claim(connection)
-            if claimed is None:
-                return 0
-            properties = properties_for(
-                connection, claimed.portal_id, claimed.object_type, self.configured_properties
-            )
+            if claimed is not None:
+                properties = properties_for(
+                    connection, claimed.portal_id, claimed.object_type, self.configured_properties
+                )
+        if claimed is None:
+            self.flush()
+            return 0
         started = time.perf_counter()
         try:
             records, missing = self.api.batch_read(
@@ -246,8 +256,10 @@ class Hydrator:
         snapshots = [
             mirror.Snapshot(r.id, r.properties, r.updated_at_ms or fetched_at_ms) for r in records
         ]
-        with self.engine.begin() as connection:
-            complete(connection, claimed, snapshots, missing, fetched_at_ms)
+        self.flush()  # one write at a time, in order; raises if the previous one failed
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="hydrate-write")
+        self._writing = self._writer.submit(self._write, claimed, snapshots, missing, fetched_at_ms)
         log.info(
             "hydrated",
             extra={
@@ -259,6 +271,32 @@ class Hydrator:
             },
         )
         return len(claimed.ids)
+
+    def _write(
+        self,
+        claimed: Claim,
+        snapshots: list[mirror.Snapshot],
+        missing: list[int],
+        fetched_at_ms: int,
+    ) -> None:
+        with self.engine.begin() as connection:
+            complete(connection, claimed, snapshots, missing, fetched_at_ms)
+
+    def flush(self) -> None:
+        """Wait for the background write; a failed write raises here (its lease then expires
+        and the records are fetched again)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
+
+    def close(self) -> None:
+        """Finish the last write and stop the writer thread."""
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown()
+                self._writer = None
 
     def drain(self) -> int:
         """Fetch until nothing is due; returns the number of requests handled."""

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from psycopg import AsyncConnection
 
+from service import db
 from service.db import INBOX_CHANNEL
 
 _INT64_MAX = 2**63 - 1
@@ -255,30 +256,16 @@ class Filters:
 
     def where(self) -> tuple[str, dict[str, Any]]:
         """A SQL condition and its parameters."""
-        clauses: list[str] = []
-        params: dict[str, Any] = {}
-        if self.ids:
-            clauses.append("id = ANY(:ids)")
-            params["ids"] = list(self.ids)
-        if self.statuses:
-            clauses.append("status = ANY(:statuses)")
-            params["statuses"] = list(self.statuses)
-        if self.subscription_type is not None:
-            clauses.append("subscription_type = :subscription_type")
-            params["subscription_type"] = self.subscription_type
-        if self.portal_id is not None:
-            clauses.append("portal_id = :portal_id")
-            params["portal_id"] = self.portal_id
-        if self.object_id is not None:
-            clauses.append("object_id = :object_id")
-            params["object_id"] = self.object_id
-        if self.since is not None:
-            clauses.append("received_at >= :since")
-            params["since"] = self.since
-        if self.until is not None:
-            clauses.append("received_at < :until")
-            params["until"] = self.until
-        return (" AND ".join(clauses) or "true"), params
+        return db.where(
+            equal={
+                "subscription_type": self.subscription_type,
+                "portal_id": self.portal_id,
+                "object_id": self.object_id,
+            },
+            any_of={"id": self.ids, "status": self.statuses},
+            at_least={"received_at": self.since},
+            before={"received_at": self.until},
+        )
 
 
 def list_events(connection: sa.Connection, filters: Filters, *, limit: int = 50) -> list[Any]:

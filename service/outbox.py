@@ -15,6 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from service import db
+
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 300
@@ -116,22 +118,11 @@ class RunFilters:
 
     def where(self) -> tuple[str, dict[str, Any]]:
         """A SQL condition and its parameters."""
-        clauses: list[str] = []
-        params: dict[str, Any] = {}
-        for column, value in (("rule", self.rule), ("portal_id", self.portal_id)):
-            if value is not None:
-                clauses.append(f"{column} = :{column}")
-                params[column] = value
-        if self.ids:
-            clauses.append("id = ANY(:ids)")
-            params["ids"] = list(self.ids)
-        if self.statuses:
-            clauses.append("status = ANY(:statuses)")
-            params["statuses"] = list(self.statuses)
-        if self.since is not None:
-            clauses.append("created_at >= :since")
-            params["since"] = self.since
-        return (" AND ".join(clauses) or "true"), params
+        return db.where(
+            equal={"rule": self.rule, "portal_id": self.portal_id},
+            any_of={"id": self.ids, "status": self.statuses},
+            at_least={"created_at": self.since},
+        )
 
 
 def list_runs(connection: sa.Connection, filters: RunFilters, *, limit: int = 50) -> list[Any]:

@@ -400,7 +400,9 @@ class FakeHubSpot:
         """Serve on a free port of 127.0.0.1 in a background thread; `url` is set on return."""
         if self._thread is not None:
             raise RuntimeError("FakeHubSpot is already running")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only then; without
+        # it every answer can wait ~40 ms on Nagle and the client's delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.bind(("127.0.0.1", 0))
         config = uvicorn.Config(
             self._asgi,
