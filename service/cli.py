@@ -326,7 +326,13 @@ def _make_hydrator(settings: Settings, engine: Any) -> Hydrator | None:
             extra={"reason": "set HUBSPOT_ACCESS_TOKEN or HUBSPOT_CLIENT_ID to fetch records"},
         )
         return None
-    return Hydrator(engine, api, settings.mirror_properties, max_attempts=settings.max_attempts)
+    return Hydrator(
+        engine,
+        api,
+        settings.mirror_properties,
+        max_attempts=settings.max_attempts,
+        pipelined=True,
+    )
 
 
 @contextmanager

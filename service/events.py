@@ -56,6 +56,9 @@ OBJECT_TYPE_IDS = {
     "0-7": "products",
     "0-8": "line_items",
 }
+# Engagements this service writes (tasks, notes): named, so their webhook echoes are recognised,
+# but not mirrored.
+ENGAGEMENT_TYPE_IDS = {"0-27": "tasks", "0-46": "notes"}
 # Objects the mirror keeps. Conversations are not CRM records; custom objects are `2-NNN`.
 MIRRORED_TYPES = frozenset(OBJECT_TYPE_IDS.values())
 _CUSTOM_TYPE = re.compile(r"^2-\d+$")
@@ -82,7 +85,7 @@ def is_mirrored(object_type: str) -> bool:
 
 def object_type_from_id(type_id: str) -> str:
     """`0-1` -> `contacts`; custom `2-NNN` and unknown ids are kept as they are."""
-    return OBJECT_TYPE_IDS.get(type_id, type_id)
+    return OBJECT_TYPE_IDS.get(type_id) or ENGAGEMENT_TYPE_IDS.get(type_id, type_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +161,10 @@ def normalise(inbox_id: int, raw: Mapping[str, Any]) -> Event:
         inbox_id=inbox_id,
         portal_id=int(raw["portalId"]),
         object_type=object_type,
-        object_id=_int(raw.get("objectId")),
+        # Association events name their object in fromObjectId (as the inbox key does).
+        object_id=_int(raw.get("objectId"))
+        if raw.get("objectId") is not None or kind is not Kind.ASSOCIATION_CHANGE
+        else _int(raw.get("fromObjectId")),
         kind=kind,
         occurred_at=int(raw["occurredAt"]),
         subscription_type=subscription_type,

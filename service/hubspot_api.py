@@ -428,16 +428,19 @@ class HubSpotApi:
             return str(row.access_token)
         return self.refresh(portal_id)
 
-    def _token_row(self, portal_id: int) -> Any:
-        with self.engine.connect() as connection:
-            return connection.execute(
-                sa.text("SELECT * FROM hubspot_tokens WHERE portal_id = :p"), {"p": portal_id}
-            ).first()
+    def _token_row(self, portal_id: int, connection: sa.Connection | None = None) -> Any:
+        query = sa.text("SELECT * FROM hubspot_tokens WHERE portal_id = :p")
+        if connection is not None:
+            return connection.execute(query, {"p": portal_id}).first()
+        with self.engine.connect() as own:
+            return own.execute(query, {"p": portal_id}).first()
 
     def refresh(self, portal_id: int, *, force: bool = False) -> str:
         """Refresh the portal's OAuth tokens; one process at a time per portal."""
-        with self._refresh_lock(portal_id):
-            row = self._token_row(portal_id)
+        # Everything under the lock uses the lock's own (autocommit) connection: waiting
+        # threads each hold one, so asking the pool for a second could starve the holder.
+        with self._refresh_lock(portal_id) as connection:
+            row = self._token_row(portal_id, connection)
             if row is None:
                 raise NoToken(f"no OAuth install for portal {portal_id}")
             if row.needs_reinstall:
@@ -453,16 +456,16 @@ class HubSpotApi:
             except HubSpotError as exc:
                 if isinstance(exc, HubSpotUnavailable):
                     raise
-                self._mark_reinstall(portal_id, str(exc))
+                self._mark_reinstall(connection, portal_id, str(exc))
                 raise NeedsReinstall(
                     f"refreshing portal {portal_id}'s token failed: {exc}"
                 ) from None
-            save_tokens(self.engine, portal_id, tokens)
+            save_tokens(connection, portal_id, tokens)
             log.info("hubspot_token_refreshed", extra={"portal_id": portal_id})
             return tokens.access_token
 
     @contextmanager
-    def _refresh_lock(self, portal_id: int) -> Iterator[None]:
+    def _refresh_lock(self, portal_id: int) -> Iterator[sa.Connection]:
         with self.engine.connect() as connection:
             connection.execution_options(isolation_level="AUTOCOMMIT")
             connection.execute(
@@ -470,22 +473,21 @@ class HubSpotApi:
                 {"ns": _REFRESH_LOCK & 0x7FFFFFFF, "p": portal_id % 2**31},
             )
             try:
-                yield
+                yield connection
             finally:
                 connection.execute(
                     sa.text("SELECT pg_advisory_unlock(:ns, :p)"),
                     {"ns": _REFRESH_LOCK & 0x7FFFFFFF, "p": portal_id % 2**31},
                 )
 
-    def _mark_reinstall(self, portal_id: int, error: str) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(
-                sa.text(
-                    "UPDATE hubspot_tokens SET needs_reinstall = true, last_error = :e,"
-                    " updated_at = now() WHERE portal_id = :p"
-                ),
-                {"p": portal_id, "e": error[:500]},
-            )
+    def _mark_reinstall(self, connection: sa.Connection, portal_id: int, error: str) -> None:
+        connection.execute(
+            sa.text(
+                "UPDATE hubspot_tokens SET needs_reinstall = true, last_error = :e,"
+                " updated_at = now() WHERE portal_id = :p"
+            ),
+            {"p": portal_id, "e": error[:500]},
+        )
         log.error("hubspot_needs_reinstall", extra={"portal_id": portal_id})
 
     def _grant(self, **form: str) -> Tokens:
@@ -533,34 +535,40 @@ class HubSpotApi:
 
 
 def save_tokens(
-    engine: sa.Engine, portal_id: int, tokens: Tokens, scopes: str | None = None
+    bind: sa.Engine | sa.Connection, portal_id: int, tokens: Tokens, scopes: str | None = None
 ) -> None:
-    """Store a portal's OAuth tokens (an install, or a refresh); clears needs_reinstall."""
-    with engine.begin() as connection:
-        connection.execute(
-            sa.text(
-                """
-                INSERT INTO hubspot_tokens
-                    (portal_id, access_token, refresh_token, expires_at, scopes)
-                VALUES (:p, :a, :r, :x, coalesce(:s, ''))
-                ON CONFLICT (portal_id) DO UPDATE
-                SET access_token = EXCLUDED.access_token,
-                    refresh_token = EXCLUDED.refresh_token,
-                    expires_at = EXCLUDED.expires_at,
-                    scopes = coalesce(:s, hubspot_tokens.scopes),
-                    needs_reinstall = false,
-                    last_error = NULL,
-                    updated_at = now()
-                """
-            ),
-            {
-                "p": portal_id,
-                "a": tokens.access_token,
-                "r": tokens.refresh_token,
-                "x": tokens.expires_at,
-                "s": scopes,
-            },
-        )
+    """Store a portal's OAuth tokens (an install, or a refresh); clears needs_reinstall.
+
+    Given an engine, in a transaction of its own; given a connection, on it (autocommit).
+    """
+    if isinstance(bind, sa.Engine):
+        with bind.begin() as connection:
+            save_tokens(connection, portal_id, tokens, scopes)
+        return
+    bind.execute(
+        sa.text(
+            """
+            INSERT INTO hubspot_tokens
+                (portal_id, access_token, refresh_token, expires_at, scopes)
+            VALUES (:p, :a, :r, :x, coalesce(:s, ''))
+            ON CONFLICT (portal_id) DO UPDATE
+            SET access_token = EXCLUDED.access_token,
+                refresh_token = EXCLUDED.refresh_token,
+                expires_at = EXCLUDED.expires_at,
+                scopes = coalesce(:s, hubspot_tokens.scopes),
+                needs_reinstall = false,
+                last_error = NULL,
+                updated_at = now()
+            """
+        ),
+        {
+            "p": portal_id,
+            "a": tokens.access_token,
+            "r": tokens.refresh_token,
+            "x": tokens.expires_at,
+            "s": scopes,
+        },
+    )
 
 
 def from_settings(settings: Settings, engine: sa.Engine) -> HubSpotApi | None:

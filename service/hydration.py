@@ -213,15 +213,17 @@ class Hydrator:
     api: HubSpotApi
     configured_properties: Mapping[str, tuple[str, ...]]
     max_attempts: int = 10
-    # Applying a fetched batch overlaps the next fetch: one background thread writes, in order.
+    # With `pipelined`, writing a fetched batch overlaps fetching the next: one background
+    # thread writes, in order (the worker's loop and drain() use it).
+    pipelined: bool = False
     _writer: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _writing: Future[None] | None = field(default=None, init=False, repr=False)
 
     def run_once(self) -> int:
         """Fetch one group of up to 100 records; returns how many were claimed.
 
-        The fetched records are written in the background while the caller fetches the next
-        group; when nothing is left to claim, the last write is waited for.
+        Pipelined, the records are written in the background while the caller fetches the
+        next group, and the last write is waited for when nothing is left to claim.
         """
         with self.engine.begin() as connection:
             claimed = claim(connection)
@@ -257,9 +259,14 @@ class Hydrator:
             mirror.Snapshot(r.id, r.properties, r.updated_at_ms or fetched_at_ms) for r in records
         ]
         self.flush()  # one write at a time, in order; raises if the previous one failed
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="hydrate-write")
-        self._writing = self._writer.submit(self._write, claimed, snapshots, missing, fetched_at_ms)
+        if not self.pipelined:
+            self._write(claimed, snapshots, missing, fetched_at_ms)
+        else:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(1, thread_name_prefix="hydrate-write")
+            self._writing = self._writer.submit(
+                self._write, claimed, snapshots, missing, fetched_at_ms
+            )
         log.info(
             "hydrated",
             extra={
@@ -299,8 +306,13 @@ class Hydrator:
                 self._writer = None
 
     def drain(self) -> int:
-        """Fetch until nothing is due; returns the number of requests handled."""
+        """Fetch until nothing is due (pipelined); returns the number of requests handled."""
+        pipelined, self.pipelined = self.pipelined, True
         total = 0
-        while count := self.run_once():
-            total += count
+        try:
+            while count := self.run_once():
+                total += count
+        finally:
+            self.pipelined = pipelined
+            self.flush()
         return total

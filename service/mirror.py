@@ -565,7 +565,9 @@ _HYDRATE = sa.text(
     SET requested_at = now(),
         status = 'pending',
         attempts = CASE WHEN hydration_requests.status = 'dead' THEN 0
-                        ELSE hydration_requests.attempts END
+                        ELSE hydration_requests.attempts END,
+        next_attempt_at = CASE WHEN hydration_requests.status = 'dead' THEN now()
+                               ELSE hydration_requests.next_attempt_at END
     """
 )
 

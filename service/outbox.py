@@ -146,7 +146,8 @@ def replay(connection: sa.Connection, filters: RunFilters) -> int:
     count = connection.execute(
         sa.text(
             "UPDATE action_runs SET status = 'pending', attempts = 0, next_attempt_at = now(),"
-            f" last_error = NULL WHERE {where}"
+            # A run whose payload a privacy deletion erased has nothing left to send.
+            f" last_error = NULL WHERE ({where}) AND NOT (payload ? 'erased')"
         ),
         params,
     ).rowcount

@@ -154,6 +154,7 @@ def reconcile(
         portal_id=portal_id, object_type=object_type, since_ms=since_ms, resumed=resumed
     )
     anchor, after = since_ms, None
+    total = 0
     while True:
         page = api.search_modified_since(
             portal_id,
@@ -182,20 +183,24 @@ def reconcile(
                     # Everything modified before the page's last time has been read.
                     {"p": portal_id, "t": object_type, "c": last_ms},
                 )
+        if summary.pages == 1:
+            total = page.total  # later queries start further on and count only the rest
         if progress is not None:
-            progress.update(summary, page.total)
+            progress.update(summary, total)
         if page.after is None:
             break
-        if int(page.after) + SEARCH_PAGE > SEARCH_CAP:
-            # The search API stops at 10,000 results per query: start a new query from the
-            # last time seen (records at exactly that time are read again, harmlessly).
-            if last_ms <= anchor:
-                log.warning(
-                    "reconcile_skipped_crowded_millisecond",
-                    extra={"portal_id": portal_id, "object_type": object_type, "ms": anchor},
-                )
-                last_ms = anchor + 1
+        if last_ms > anchor:
+            # Keyset paging: the next query starts at the last time read. Offsets (`after`)
+            # shift when a record is edited mid-run and moves to the end, skipping another.
             anchor, after = last_ms, None
+        elif int(page.after) + SEARCH_PAGE > SEARCH_CAP:
+            # More than 10,000 records modified in one millisecond: the search API cannot page
+            # past its cap within one query, so the rest of that millisecond is skipped.
+            log.warning(
+                "reconcile_skipped_crowded_millisecond",
+                extra={"portal_id": portal_id, "object_type": object_type, "ms": anchor},
+            )
+            anchor, after = anchor + 1, None
         else:
             after = page.after
     if progress is not None:

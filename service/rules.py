@@ -24,7 +24,7 @@ import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -232,9 +232,12 @@ def _apply_filter(value: Any, filt: str | None, arg: str | None) -> str:
             amount = Decimal(text)
         except InvalidOperation:
             return text
-        if not amount.is_finite():
+        # Not a plain amount (inf, nan, 1e100000): shown as it came, never blown up.
+        if not amount.is_finite() or abs(amount.adjusted()) > 18:
             return text
-        return f"{amount:,.2f}" if filt == "money" else f"{amount:,}"
+        if filt == "money":
+            return f"{amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,.2f}"
+        return f"{amount:,}"
     return text
 
 
@@ -265,21 +268,31 @@ class _Checker:
     warnings: list[str] = field(default_factory=list)
 
     def line_of(self, needle: str, start: int = 1) -> int:
+        """The first line at or after `start` where `needle` is a key being set (`key =`), a
+        table header, or (for template fields) the text itself."""
+        if needle.startswith(("[", "{")):
+            pattern = re.compile(re.escape(needle))
+        else:
+            pattern = re.compile(rf"^\s*{re.escape(needle)}\s*=")
         lines = self.text.splitlines()
         for number in range(max(start, 1), len(lines) + 1):
-            if needle in lines[number - 1]:
+            if pattern.search(lines[number - 1]):
                 return number
         return start
 
     def error(self, line: int, message: str, hint: str) -> None:
-        self.problems.append(f"{self.path}:{line}: {message} (fix: {hint})")
+        where = f"{self.path}:{line}" if line else self.path
+        self.problems.append(f"{where}: {message} (fix: {hint})")
 
     def warn(self, line: int, message: str) -> None:
         self.warnings.append(f"{self.path}:{line}: warning: {message}")
 
 
+_RULE_HEADER = re.compile(r"^\s*\[\[\s*rules\s*\]\]\s*(#.*)?$")
+
+
 def _rule_starts(text: str) -> list[int]:
-    return [n for n, line in enumerate(text.splitlines(), 1) if line.strip() == "[[rules]]"]
+    return [n for n, line in enumerate(text.splitlines(), 1) if _RULE_HEADER.match(line)]
 
 
 def load_rules_text(

@@ -154,7 +154,10 @@ class Worker:
                         mirror.apply_events(connection, [event])
                 except Exception as exc:  # noqa: BLE001 - this event fails, the rest go on
                     outcomes[event.inbox_id] = _failed(event.inbox_id, exc)
-        handled: set[int] = set()
+        # Rules fire for every event the mirror took, before user handlers run: a handler that
+        # fails has its event retried, and by then the mirror holds the change already.
+        mirrored = [e for e in events if e.inbox_id not in outcomes]
+        handled = self._fire(connection, mirrored, before, outcomes)
         for event in events:
             if event.inbox_id in outcomes:
                 continue
@@ -175,9 +178,7 @@ class Worker:
                 outcomes[event.inbox_id] = _failed(event.inbox_id, exc)
                 continue
             handled.add(event.inbox_id)
-        applied = [e for e in events if e.inbox_id not in outcomes]
-        handled |= self._fire(connection, applied, before, outcomes)
-        for event in applied:
+        for event in events:
             if event.inbox_id in outcomes:
                 continue
             done = event.inbox_id in handled or mirror.handles(event)

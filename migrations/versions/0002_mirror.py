@@ -72,32 +72,53 @@ VIEWS = {
             "properties->>'hubspot_owner_id' AS hubspot_owner_id",
         ],
     ),
-    # Associations as they stand now: merged-away ids resolve to their survivor, and of the rows
-    # that resolve to one association the latest decision (by occurredAt) wins.
+    # Associations as they stand now: merged-away ids resolve to their last survivor (following
+    # chains of merges), and of the rows that resolve to one association the latest decision (by
+    # occurredAt) wins; at the same instant removal wins and a primary row is preferred.
     "hubspot_associations": """
 CREATE VIEW hubspot_associations AS
-SELECT portal_id, from_type, from_id, to_type, to_id, association_type, is_primary, updated_at
-FROM (
-    SELECT DISTINCT ON (a.portal_id, a.from_type, coalesce(f.merged_into, a.from_id),
-                        a.to_type, coalesce(t.merged_into, a.to_id), a.association_type)
-           a.portal_id,
+WITH RECURSIVE chain (portal_id, object_type, object_id, survivor, depth) AS (
+    SELECT portal_id, object_type, object_id, merged_into, 1
+    FROM crm_objects WHERE merged_into IS NOT NULL
+    UNION ALL
+    SELECT c.portal_id, c.object_type, c.object_id, o.merged_into, c.depth + 1
+    FROM chain c
+    JOIN crm_objects o
+      ON o.portal_id = c.portal_id AND o.object_type = c.object_type AND o.object_id = c.survivor
+    WHERE o.merged_into IS NOT NULL AND c.depth < 16
+),
+last_survivor AS (
+    SELECT DISTINCT ON (portal_id, object_type, object_id) portal_id, object_type, object_id, survivor
+    FROM chain
+    ORDER BY portal_id, object_type, object_id, depth DESC
+),
+resolved AS (
+    SELECT a.portal_id,
            a.from_type,
-           coalesce(f.merged_into, a.from_id) AS from_id,
+           coalesce(f.survivor, a.from_id) AS from_id,
            a.to_type,
-           coalesce(t.merged_into, a.to_id) AS to_id,
+           coalesce(t.survivor, a.to_id) AS to_id,
            a.association_type,
            a.is_primary,
            a.present,
-           a.updated_at
+           a.version,
+           a.updated_at,
+           a.from_id AS raw_from_id,
+           a.to_id AS raw_to_id
     FROM crm_associations a
-    LEFT JOIN crm_objects f
+    LEFT JOIN last_survivor f
            ON f.portal_id = a.portal_id AND f.object_type = a.from_type AND f.object_id = a.from_id
-    LEFT JOIN crm_objects t
+    LEFT JOIN last_survivor t
            ON t.portal_id = a.portal_id AND t.object_type = a.to_type AND t.object_id = a.to_id
-    ORDER BY a.portal_id, a.from_type, coalesce(f.merged_into, a.from_id),
-             a.to_type, coalesce(t.merged_into, a.to_id), a.association_type,
-             a.version DESC, a.present ASC
-) resolved
+),
+latest AS (
+    SELECT DISTINCT ON (portal_id, from_type, from_id, to_type, to_id, association_type) *
+    FROM resolved
+    ORDER BY portal_id, from_type, from_id, to_type, to_id, association_type,
+             version DESC, present ASC, is_primary DESC, raw_from_id, raw_to_id
+)
+SELECT portal_id, from_type, from_id, to_type, to_id, association_type, is_primary, updated_at
+FROM latest
 WHERE present
   AND NOT (from_type = to_type AND from_id = to_id)
 """,

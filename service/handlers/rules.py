@@ -138,8 +138,14 @@ class RuleEngine:
             return set()
         records = self._records(connection, [e for e, _, _ in matched])
         rows: list[dict[str, Any]] = []
+        fired: set[int] = set()
         for e, rule, previous in matched:
-            record = records.get(e.key, {})
+            record, erased = records.get(e.key, ({}, False))
+            # An erased contact's events carry personal data that must go nowhere (the
+            # privacy deletion may have come in this very batch); only its own event fires.
+            if erased and e.kind is not Kind.PRIVACY_DELETION:
+                continue
+            fired.add(e.inbox_id)
             for index, action in enumerate(rule.actions):
                 rows.append(
                     {
@@ -153,6 +159,8 @@ class RuleEngine:
                         "payload": self._payload(action, rule, e, record, previous),
                     }
                 )
+        if not rows:
+            return fired
         result = connection.execute(
             sa.text(
                 """
@@ -171,7 +179,7 @@ class RuleEngine:
         )
         if result.rowcount:
             connection.execute(sa.text(f"SELECT pg_notify('{ACTIONS_CHANNEL}', '')"))
-        return {e.inbox_id for e, _, _ in matched}
+        return fired
 
     def _payload(
         self,
@@ -296,10 +304,13 @@ class RuleEngine:
 
     def _records(
         self, connection: sa.Connection, events: Sequence[Event]
-    ) -> dict[tuple[int, str, int], dict[str, Any]]:
+    ) -> dict[tuple[int, str, int], tuple[dict[str, Any], bool]]:
+        """The mirrored record of each event, and whether it is erased."""
         return {
-            (r.portal_id, r.object_type, r.object_id): dict(r.properties)
-            for r in _by_keys(connection, "crm_objects", "properties", {e.key for e in events})
+            (r.portal_id, r.object_type, r.object_id): (dict(r.properties), bool(r.erased))
+            for r in _by_keys(
+                connection, "crm_objects", "properties, erased", {e.key for e in events}
+            )
         }
 
 
