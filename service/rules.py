@@ -472,7 +472,7 @@ def _parse_rule(  # noqa: PLR0912, PLR0915 - one check per field reads best as a
             "include_own_writes = false",
         )
         own = False
-    actions = _parse_actions(checker, raw.get("do"), name, line, kind)
+    actions = _parse_actions(checker, raw.get("do"), name, line, (object_type, kind))
     if len(checker.problems) > before:
         return None
     return Rule(
@@ -491,7 +491,9 @@ def _parse_rule(  # noqa: PLR0912, PLR0915 - one check per field reads best as a
     )
 
 
-def _parse_actions(checker: _Checker, raw: Any, name: str, line: int, kind: Kind) -> list[Action]:
+def _parse_actions(
+    checker: _Checker, raw: Any, name: str, line: int, subject: tuple[str, Kind]
+) -> list[Action]:
     if not isinstance(raw, list) or not raw:
         checker.error(line, f"rule {name!r} does nothing", 'add [[rules.do]] with action = "log"')
         return []
@@ -523,15 +525,20 @@ def _parse_actions(checker: _Checker, raw: Any, name: str, line: int, kind: Kind
                 checker.error(
                     aline, f"rule {name!r}: {action_type} needs {key!r}", f"add {key} = ..."
                 )
-        _check_templates(checker, item, templated, aline, kind)
+        _check_templates(checker, item, templated, aline, subject)
         _check_specifics(checker, action_type, item, aline)
         actions.append(Action(action_type, dict(item), aline))
     return actions
 
 
 def _check_templates(
-    checker: _Checker, item: Mapping[str, Any], templated: frozenset[str], aline: int, kind: Kind
+    checker: _Checker,
+    item: Mapping[str, Any],
+    templated: frozenset[str],
+    aline: int,
+    subject: tuple[str, Kind],
 ) -> None:
+    object_type, kind = subject
     for key in templated & set(item):
         for namespace, field_name, filt in template_fields(item[key]):
             fline = checker.line_of("{" + namespace + "." + field_name, aline)
@@ -549,8 +556,22 @@ def _check_templates(
                 )
             elif field_name == "previous_value" and kind is not Kind.PROPERTY_CHANGE:
                 checker.error(fline, "only property changes have a previous_value", "drop it")
+            elif namespace == "record" and not _may_be_mirrored(object_type, field_name):
+                checker.warn(
+                    fline,
+                    f"record.{field_name} is not among the properties fetched for {object_type};"
+                    " it renders empty unless a webhook carries it (add it to MIRROR_PROPERTIES)",
+                )
             if filt is not None and filt not in FILTERS:
                 checker.error(fline, f"unknown filter {filt!r}", f"use one of {', '.join(FILTERS)}")
+
+
+def _may_be_mirrored(object_type: str, prop: str) -> bool:
+    from service.hydration import DEFAULT_PROPERTIES
+
+    if object_type not in DEFAULT_PROPERTIES:
+        return True  # custom and "*" rules: any property may exist
+    return prop in DEFAULT_PROPERTIES[object_type] or prop == "hs_object_id"
 
 
 def _check_specifics(
