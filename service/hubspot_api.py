@@ -153,13 +153,21 @@ def _retry_after(exc: BaseException) -> float:
         return 10.0
 
 
+def ms_of(value: str) -> int:
+    """Epoch ms from HubSpot's epoch-ms strings or ISO 8601 times; ValueError otherwise."""
+    if value.isdigit():
+        return int(value)
+    return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+
+
 def _ms(value: Any) -> int:
     if isinstance(value, datetime):
         return int(value.timestamp() * 1000)
-    if isinstance(value, str):
-        if value.isdigit():
-            return int(value)
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+    if isinstance(value, str) and value:
+        try:
+            return ms_of(value)
+        except ValueError:
+            return 0
     return 0
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from service import mirror
 from service.db import utcnow
-from service.hubspot_api import HubSpotApi, last_modified_property
+from service.hubspot_api import HubSpotApi, Record, last_modified_property, ms_of
 from service.hydration import properties_for
 
 log = logging.getLogger(__name__)
@@ -86,18 +86,15 @@ class Progress:
             self.stream.write("\n")
 
 
-def _ms_of(record: Any, prop: str) -> int:
+def _ms_of(record: Record, prop: str) -> int:
+    """The record's last modification time: its last-modified property, else `updatedAt`."""
     value = record.properties.get(prop)
     if isinstance(value, str) and value:
-        if value.isdigit():
-            return int(value)
         try:
-            from datetime import datetime
-
-            return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+            return ms_of(value)
         except ValueError:
-            pass
-    return int(record.updated_at_ms)
+            log.warning("reconcile_unreadable_time", extra={"property": prop})
+    return record.updated_at_ms
 
 
 def _checkpoint(connection: sa.Connection, portal_id: int, object_type: str) -> Any:
@@ -120,7 +117,6 @@ def reconcile(
     lookback_seconds: float = 3600.0,
     configured_properties: Mapping[str, tuple[str, ...]] | None = None,
     progress: Progress | None = None,
-    calls: Callable[[], int] | None = None,
 ) -> Summary:
     """Pull and upsert every record of one type modified since `since_ms` (or the default)."""
     started = time.perf_counter()
