@@ -972,6 +972,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.database_url or os.environ.get("BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL")
     )
     started = datetime.now(UTC)
+    code = code_version()
     makers = {"property": property_backlog, "mixed": mixed_backlog}
     backlogs = [
         makers[name](events=args.events, contacts=args.contacts, seed=args.seed)
@@ -983,7 +984,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             server_url, source = stack.enter_context(postgres_server(configured))
             url = stack.enter_context(scratch_database(server_url))
             facts = server_facts(url)
-            _print_header(started, source, facts, backlogs)
+            _print_header(started, source, facts, backlogs, code)
             for backlog in backlogs:
                 results += run_backlog(url, backlog, options)
     except BenchError as exc:
@@ -998,7 +999,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "date": started.isoformat(timespec="seconds"),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
             "postgres": {"source": source, **facts},
-            "code": code_version(),
+            "code": code,
             "backlogs": [
                 {
                     "name": b.name,
@@ -1043,7 +1044,11 @@ def code_version() -> str:
 
 
 def _print_header(
-    started: datetime, source: str, facts: dict[str, str], backlogs: Sequence[Backlog]
+    started: datetime,
+    source: str,
+    facts: dict[str, str],
+    backlogs: Sequence[Backlog],
+    code: str,
 ) -> None:
     print(
         f"bench/apply.py  {started:%Y-%m-%d %H:%M} UTC  {os.cpu_count()} CPUs  "
@@ -1054,7 +1059,7 @@ def _print_header(
         f"shared_buffers={facts['shared_buffers']}  max_wal_size={facts['max_wal_size']}"
     )
     load1, load5, _ = os.getloadavg()
-    print(f"code: {code_version()}  load average before: {load1:.2f} (1 min), {load5:.2f} (5 min)")
+    print(f"code: {code}  load average before: {load1:.2f} (1 min), {load5:.2f} (5 min)")
     for b in backlogs:
         kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(b.kinds().items()))
         print(f"backlog {b.name}: {len(b.events):,} events over {b.contacts:,} contacts ({kinds})")

@@ -62,7 +62,17 @@ def apply_events(connection: sa.Connection, events: Sequence[Event]) -> None:
     by_kind: dict[Kind, list[Event]] = {}
     for event in mine:
         by_kind.setdefault(event.kind, []).append(event)
-    lock_objects(connection, _touched(mine))
+    # Several statements will write crm_objects: lock their rows first, in one order. A batch
+    # that writes them with one statement (only property changes, only creations/deletions/
+    # restores, or only erasures) locks in key order by itself and skips this pass.
+    lifecycle_kinds = {Kind.CREATION, Kind.DELETION, Kind.RESTORE}
+    groups = {
+        "lifecycle" if k in lifecycle_kinds else k
+        for k in by_kind
+        if k is not Kind.ASSOCIATION_CHANGE
+    }
+    if len(groups) > 1 or Kind.MERGE in groups:
+        lock_objects(connection, _touched(mine))
     # Erasure first: later steps then see the tombstone, whatever order the batch came in.
     erase_contacts(connection, by_kind.get(Kind.PRIVACY_DELETION, []))
     lifecycle = [
@@ -94,6 +104,10 @@ def _touched(events: Sequence[Event]) -> set[ObjectKey]:
     for e in events:
         if e.kind is Kind.ASSOCIATION_CHANGE:
             continue
+        if e.kind is Kind.PROPERTY_CHANGE and (
+            e.property_name is None or e.property_value is None or e.redacted
+        ):
+            continue  # writes nothing (a redacted value is fetched instead): creates no row
         if e.kind is Kind.MERGE and e.survivor_id is not None:
             keys.add((e.portal_id, e.object_type, e.survivor_id))
             keys.update((e.portal_id, e.object_type, loser) for loser in e.merge_losers)
@@ -140,6 +154,7 @@ _ERASE = sa.text(
     SELECT r.portal_id, 'contacts', r.object_id, true, r.version
     FROM jsonb_to_recordset(CAST(:rows AS jsonb))
          AS r(portal_id bigint, object_id bigint, version bigint)
+    ORDER BY r.portal_id, r.object_id
     ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
     SET erased = true,
         erased_version = greatest(o.erased_version, EXCLUDED.erased_version),
@@ -241,6 +256,7 @@ _LIFECYCLE = sa.text(
     FROM jsonb_to_recordset(CAST(:rows AS jsonb))
          AS r(portal_id bigint, object_type text, object_id bigint, archived boolean,
               version bigint)
+    ORDER BY r.portal_id, r.object_type, r.object_id
     ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
     SET archived = EXCLUDED.archived,
         archived_version = EXCLUDED.archived_version,
@@ -286,6 +302,7 @@ _PROPERTIES = sa.text(
     FROM jsonb_to_recordset(CAST(:rows AS jsonb))
          AS r(portal_id bigint, object_type text, object_id bigint, properties jsonb,
               versions jsonb)
+    ORDER BY r.portal_id, r.object_type, r.object_id
     ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
     SET properties = o.properties || coalesce(
             (SELECT jsonb_object_agg(n.key, n.value) FROM jsonb_each(EXCLUDED.properties) n

@@ -154,6 +154,12 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("portal_id", "object_type", "object_id", name="pk_crm_objects"),
     )
+    op.create_index(
+        "ix_crm_objects_erased",
+        "crm_objects",
+        ["portal_id", "object_type", "object_id"],
+        postgresql_where=sa.text("erased"),
+    )
     op.create_table(
         "crm_associations",
         sa.Column("portal_id", sa.BigInteger, nullable=False),
