@@ -64,11 +64,15 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         # while Postgres is still starting; requests meanwhile get 503 and HubSpot retries.
         await pool.open(wait=False)
         app.state.pool = pool
+        notifier = inbox.Notifier(pool)
+        notifier.start()
+        app.state.notifier = notifier
         # OAuth installs and /readyz details use the synchronous API client; rare, so small.
         app.state.engine = db.create_engine(url, pool_size=1)
         try:
             yield
         finally:
+            await notifier.stop()
             await pool.close()
             app.state.engine.dispose()
 
@@ -130,6 +134,8 @@ async def receive_webhook(request: Request) -> Response:
             "the events were not stored; retry later",
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
+    if result.stored:
+        request.app.state.notifier.poke()
     log.info(
         "webhook_stored",
         extra={

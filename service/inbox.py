@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service import db
 from service.db import INBOX_CHANNEL
+
+log = logging.getLogger(__name__)
 
 _INT64_MAX = 2**63 - 1
 # HubSpot's JSON never carries these, but Postgres jsonb cannot store NUL or a lone surrogate:
@@ -131,8 +138,10 @@ def _storable(value: Any) -> Any:
 
 # One statement, one round trip: the whole array goes in as a single jsonb parameter and is
 # expanded by Postgres (PERFORMANCE.md: the fastest durable insert measured here). Run on an
-# autocommit connection, the statement is its own transaction; pg_notify fires at its commit.
-_RECORD_SQL = f"""
+# autocommit connection, the statement is its own transaction. No NOTIFY in it: a notifying
+# commit holds a server-wide lock until its WAL is flushed, so concurrent deliveries could not
+# share a flush; the web process wakes the workers separately (see Notifier).
+_RECORD_SQL = """
     WITH stored AS (
         INSERT INTO inbox_events (
             portal_id, subscription_id, event_id, object_id, occurred_at,
@@ -150,16 +159,14 @@ _RECORD_SQL = f"""
         ON CONFLICT ON CONSTRAINT pk_inbox_events DO NOTHING
         RETURNING 1
     )
-    SELECT count(*) AS stored,
-           CASE WHEN count(*) > 0 THEN pg_notify('{INBOX_CHANNEL}', '') END AS notified
-    FROM stored
+    SELECT count(*) AS stored FROM stored
 """
 
 
 async def record_delivery(
     connection: AsyncConnection[Any], batch: Batch, *, signature_version: str
 ) -> RecordResult:
-    """Store every new event of `batch` once, atomically, and wake the workers.
+    """Store every new event of `batch` once, atomically.
 
     `connection` must be in autocommit mode: the single statement commits before this returns.
     """
@@ -171,6 +178,49 @@ async def record_delivery(
     row = await cursor.fetchone()
     stored = int(row[0]) if row is not None else 0
     return RecordResult(received=len(batch.events), stored=stored)
+
+
+class Notifier:
+    """Wakes the workers after deliveries were stored: one NOTIFY per few milliseconds at most,
+    in its own transaction, however many deliveries asked (workers also poll as a fallback)."""
+
+    def __init__(self, pool: AsyncConnectionPool, *, interval: float = 0.005) -> None:
+        self._pool = pool
+        self._interval = interval
+        self._wanted = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Run the sending loop in the background."""
+        self._task = asyncio.create_task(self._run(), name="inbox-notifier")
+
+    async def stop(self) -> None:
+        """Send what is still owed and stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._wanted.is_set():
+            await self._send()
+
+    def poke(self) -> None:
+        """Something was stored: make sure a NOTIFY follows soon."""
+        self._wanted.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
+            await self._send()
+            await asyncio.sleep(self._interval)
+
+    async def _send(self) -> None:
+        try:
+            async with self._pool.connection(timeout=2) as connection:
+                await connection.execute(f"NOTIFY {INBOX_CHANNEL}")
+        except (psycopg.Error, PoolTimeout, OSError) as exc:
+            # The rows are stored; the workers' polling finds them a few seconds later.
+            log.warning("notify_failed", extra={"error": type(exc).__name__})
 
 
 # --- the worker's side: claim due rows, settle them ------------------------------------------

@@ -82,7 +82,8 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def store_events(database_url: str, events: list[dict[str, Any]], *, version: str = "v3") -> int:
-    """Store events through the ingest path (service.inbox), as the endpoint does."""
+    """Store events through the ingest path (service.inbox) and wake the workers with the
+    NOTIFY that the endpoint's Notifier sends after storing."""
 
     async def record() -> int:
         connection = await psycopg.AsyncConnection.connect(
@@ -90,9 +91,10 @@ def store_events(database_url: str, events: list[dict[str, Any]], *, version: st
         )
         async with connection:
             batch = inbox.parse_batch(json.dumps(events).encode())
-            return (
-                await inbox.record_delivery(connection, batch, signature_version=version)
-            ).stored
+            result = await inbox.record_delivery(connection, batch, signature_version=version)
+            if result.stored:
+                await connection.execute(f"NOTIFY {db.INBOX_CHANNEL}")
+            return result.stored
 
     return asyncio.run(record())
 
