@@ -104,10 +104,6 @@ def _touched(events: Sequence[Event]) -> set[ObjectKey]:
     for e in events:
         if e.kind is Kind.ASSOCIATION_CHANGE:
             continue
-        if e.kind is Kind.PROPERTY_CHANGE and (
-            e.property_name is None or e.property_value is None or e.redacted
-        ):
-            continue  # writes nothing (a redacted value is fetched instead): creates no row
         if e.kind is Kind.MERGE and e.survivor_id is not None:
             keys.add((e.portal_id, e.object_type, e.survivor_id))
             keys.update((e.portal_id, e.object_type, loser) for loser in e.merge_losers)
@@ -336,32 +332,35 @@ def apply_property_changes(connection: sa.Connection, events: Sequence[Event]) -
 
     Every property name seen is remembered, so hydration asks HubSpot for all of them.
     """
-    seen = {(e.portal_id, e.object_type, e.property_name) for e in events if e.property_name}
-    if seen:
-        rows = _rows({"portal_id": p, "object_type": t, "property": n} for p, t, n in sorted(seen))
-        connection.execute(_SEEN, {"rows": rows})
     winners: dict[ObjectKey, dict[str, tuple[int, str]]] = {}
     for e in events:
+        # Every record a change names gets its row (and its row lock, which keeps erasure and
+        # fetch requests for it in order), even when the value itself is not stored.
+        props = winners.setdefault(e.key, {})
         if e.property_name is None or e.property_value is None or e.redacted:
             continue
-        props = winners.setdefault(e.key, {})
         candidate = (e.occurred_at, e.property_value)
         current = props.get(e.property_name)
         if current is None or candidate > current:
             props[e.property_name] = candidate
-    if not winners:
-        return
-    rows = _rows(
-        {
-            "portal_id": p,
-            "object_type": t,
-            "object_id": o,
-            "properties": {name: value for name, (_, value) in props.items()},
-            "versions": {name: version for name, (version, _) in props.items()},
-        }
-        for (p, t, o), props in sorted(winners.items())
-    )
-    connection.execute(_PROPERTIES, {"rows": rows})
+    if winners:
+        rows = _rows(
+            {
+                "portal_id": p,
+                "object_type": t,
+                "object_id": o,
+                "properties": {name: value for name, (_, value) in props.items()},
+                "versions": {name: version for name, (version, _) in props.items()},
+            }
+            for (p, t, o), props in sorted(winners.items())
+        )
+        connection.execute(_PROPERTIES, {"rows": rows})
+    # After crm_objects, as in every batch: a batch takes all its crm_objects row locks (in key
+    # order) before it writes any other table, so two workers can never wait for each other.
+    seen = {(e.portal_id, e.object_type, e.property_name) for e in events if e.property_name}
+    if seen:
+        rows = _rows({"portal_id": p, "object_type": t, "property": n} for p, t, n in sorted(seen))
+        connection.execute(_SEEN, {"rows": rows})
 
 
 # --- merges ----------------------------------------------------------------------------------
@@ -373,6 +372,7 @@ _MERGED = sa.text(
     FROM jsonb_to_recordset(CAST(:rows AS jsonb))
          AS r(portal_id bigint, object_type text, object_id bigint, merged_into bigint,
               version bigint)
+    ORDER BY r.portal_id, r.object_type, r.object_id
     ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
     SET merged_into = EXCLUDED.merged_into,
         merged_version = EXCLUDED.merged_version,
