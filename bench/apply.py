@@ -38,7 +38,6 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -49,8 +48,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+import scratch
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from service import db, inbox, mirror
 from service.events import normalise
@@ -62,7 +61,6 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRATCH_DATABASE = "hubspot_webhooks_bench_apply"
-LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 HEADLINE_BATCH_SIZE = 500  # the worker's default (WORKER_BATCH_SIZE)
 LOAD_BATCH = 1_000  # events per record_delivery statement while loading the backlog
 GOAL_EVENTS_PER_SECOND = 20_000.0  # one worker, batch 500
@@ -300,7 +298,7 @@ def expected_state(events: Sequence[dict[str, Any]]) -> Expected:
 
 def verify(url: str, backlog: Backlog, *, applied: int, complete: bool, label: str) -> None:
     """Check the inbox and the mirror after a run; raise BenchError on any difference."""
-    with _connect(url) as connection:
+    with scratch.connect(url) as connection:
         statuses = dict(
             connection.execute("SELECT status, count(*) FROM inbox_events GROUP BY status")
         )
@@ -358,65 +356,11 @@ def verify(url: str, backlog: Backlog, *, applied: int, complete: bool, label: s
 # --- the database ---------------------------------------------------------------------------------
 
 
-def sqlalchemy_url(url: str) -> str:
-    """postgres:// and postgresql:// as SQLAlchemy's psycopg 3 URL (what service.db expects)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("postgres", "postgresql", "postgresql+psycopg"):
-        raise BenchError(f"not a PostgreSQL URL: {scheme}://...")
-    return f"postgresql+psycopg://{rest}"
-
-
-def _connect(url: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(db.libpq_url(url), autocommit=True, connect_timeout=5)
-
-
-def _local_server_answers() -> bool:
-    try:
-        with psycopg.connect(LOCAL_SERVER, connect_timeout=2) as connection:
-            connection.execute("SELECT 1")
-    except psycopg.OperationalError:
-        return False
-    return True
-
-
-@contextmanager
-def postgres_server(configured: str | None) -> Iterator[tuple[str, str]]:
-    """The server URL (SQLAlchemy form) and where it came from: configured, local or embedded."""
-    if configured:
-        yield sqlalchemy_url(configured), "configured"
-        return
-    if _local_server_answers():
-        yield sqlalchemy_url(LOCAL_SERVER), "local (127.0.0.1:5432)"
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-apply-pg-") as data_dir:
-        _progress("no database URL and no local server: starting an embedded PostgreSQL")
-        with db.database_url_for(None, Path(data_dir)) as url:
-            yield url, "embedded"
-
-
-@contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    """A fresh, migrated database on `server_url`'s server, durable commits, dropped at the end."""
-    scratch = make_url(server_url).set(database=SCRATCH_DATABASE)
-    scratch_url = scratch.render_as_string(hide_password=False)
-    with _connect(server_url) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{SCRATCH_DATABASE}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{SCRATCH_DATABASE}"')
-        # Whatever postgresql.conf says, every connection to it commits durably.
-        admin.execute(f'ALTER DATABASE "{SCRATCH_DATABASE}" SET synchronous_commit = on')
-    try:
-        db.migrate(scratch_url)
-        yield scratch_url
-    finally:
-        with _connect(server_url) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{SCRATCH_DATABASE}" WITH (FORCE)')
-
-
 def server_facts(url: str) -> dict[str, str]:
     """Settings that decide what the runs cost, as a new connection to `url` sees them."""
     names = ("server_version", "synchronous_commit", "fsync", "shared_buffers", "max_wal_size")
     facts: dict[str, str] = {}
-    with _connect(url) as connection:
+    with scratch.connect(url) as connection:
         for name in names:
             row = connection.execute(f"SHOW {name}").fetchone()
             facts[name] = str(row[0]) if row else "?"
@@ -426,7 +370,7 @@ def server_facts(url: str) -> dict[str, str]:
 def load(url: str, bodies: Sequence[bytes]) -> float:
     """Empty every table, store the backlog through the ingest SQL, vacuum; returns seconds."""
     started = time.perf_counter()
-    with _connect(url) as connection:
+    with scratch.connect(url) as connection:
         # Every table the migrations made (inbox_events, crm_objects, crm_associations,
         # hydration_requests and whatever the mirror keeps beside them), so runs start alike.
         tables = [
@@ -439,7 +383,7 @@ def load(url: str, bodies: Sequence[bytes]) -> float:
         names = ", ".join(f'"{t}"' for t in tables)
         connection.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
     stored = asyncio.run(_record(url, bodies))
-    with _connect(url) as connection:
+    with scratch.connect(url) as connection:
         # An ingested backlog is soon vacuumed and analysed by autovacuum; every run starts so.
         connection.execute("VACUUM (ANALYZE) inbox_events")
         with suppress(psycopg.errors.InsufficientPrivilege):
@@ -981,8 +925,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[Result] = []
     try:
         with ExitStack() as stack:
-            server_url, source = stack.enter_context(postgres_server(configured))
-            url = stack.enter_context(scratch_database(server_url))
+            server_url, source = stack.enter_context(scratch.postgres_server(configured, "apply"))
+            url = stack.enter_context(scratch.scratch_database(server_url, SCRATCH_DATABASE))
             facts = server_facts(url)
             _print_header(started, source, facts, backlogs, code)
             for backlog in backlogs:

@@ -39,10 +39,9 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,9 +51,8 @@ from typing import TYPE_CHECKING, Any
 # the checkout (this file's parent's parent), here and in every spawned process.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg
+import scratch
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from service import db, hydration, mirror
 from service.handlers.registry import Registry
@@ -71,7 +69,6 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRATCH_DATABASE = "hubspot_webhooks_bench_hydrate"
-LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 PORTAL_ID = 62515
 APP_ID = 1_234_567
 TOKEN = "pat-na1-00000000-0000-4000-8000-0000bench062"
@@ -95,63 +92,10 @@ def _progress(message: str) -> None:
 # --- the database ---------------------------------------------------------------------------------
 
 
-def sqlalchemy_url(url: str) -> str:
-    """postgres:// and postgresql:// as SQLAlchemy's psycopg 3 URL (what service.db expects)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("postgres", "postgresql", "postgresql+psycopg"):
-        raise BenchError(f"not a PostgreSQL URL: {scheme}://...")
-    return f"postgresql+psycopg://{rest}"
-
-
-def _connect(url: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(db.libpq_url(url), autocommit=True, connect_timeout=5)
-
-
-def _local_server_answers() -> bool:
-    try:
-        with psycopg.connect(LOCAL_SERVER, connect_timeout=2) as connection:
-            connection.execute("SELECT 1")
-    except psycopg.OperationalError:
-        return False
-    return True
-
-
-@contextmanager
-def postgres_server(configured: str | None) -> Iterator[tuple[str, str]]:
-    """The server URL (SQLAlchemy form) and where it came from: configured, local or embedded."""
-    if configured:
-        yield sqlalchemy_url(configured), "configured"
-        return
-    if _local_server_answers():
-        yield sqlalchemy_url(LOCAL_SERVER), "local (127.0.0.1:5432)"
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-hydrate-pg-") as data_dir:
-        _progress("no database URL and no local server: starting an embedded PostgreSQL")
-        with db.database_url_for(None, Path(data_dir)) as url:
-            yield url, "embedded"
-
-
-@contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    """A fresh, migrated database on `server_url`'s server, durable commits, dropped at the end."""
-    scratch_url = make_url(server_url).set(database=SCRATCH_DATABASE)
-    url = scratch_url.render_as_string(hide_password=False)
-    with _connect(server_url) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{SCRATCH_DATABASE}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{SCRATCH_DATABASE}"')
-        admin.execute(f'ALTER DATABASE "{SCRATCH_DATABASE}" SET synchronous_commit = on')
-    try:
-        db.migrate(url)
-        yield url
-    finally:
-        with _connect(server_url) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{SCRATCH_DATABASE}" WITH (FORCE)')
-
-
 def server_facts(url: str) -> dict[str, str]:
     """Settings that decide what the runs cost, as a new connection to `url` sees them."""
     facts: dict[str, str] = {}
-    with _connect(url) as connection:
+    with scratch.connect(url) as connection:
         for name in ("server_version", "synchronous_commit", "fsync"):
             row = connection.execute(f"SHOW {name}").fetchone()
             facts[name] = str(row[0]) if row else "?"
@@ -206,7 +150,7 @@ def new_contacts(url: str, fake: FakeHubSpot, count: int, event_ids: EventIds) -
         applied = Worker(engine, batch_size=500, handlers=Registry()).drain()
     finally:
         engine.dispose()
-    with _connect(url) as connection:
+    with scratch.connect(url) as connection:
         # Fresh statistics, as autovacuum would soon give a table that just took 10,000 rows.
         connection.execute("VACUUM (ANALYZE) hydration_requests, crm_objects")
         row = connection.execute("SELECT count(*) FROM hydration_requests").fetchone()
@@ -220,7 +164,7 @@ def new_contacts(url: str, fake: FakeHubSpot, count: int, event_ids: EventIds) -
 
 def reset_limits(url: str, fake: FakeHubSpot, latency: float) -> None:
     """A full budget and no recorded calls, in the fake and in our own tables."""
-    with _connect(url) as connection:
+    with scratch.connect(url) as connection:
         connection.execute("DELETE FROM rate_limits")
         connection.execute("DELETE FROM hubspot_api_calls")
     fake.reset()  # also turns latency off
@@ -229,7 +173,7 @@ def reset_limits(url: str, fake: FakeHubSpot, latency: float) -> None:
 
 def check_converged(url: str, ids: Sequence[int]) -> tuple[int, int]:
     """(rows left in hydration_requests, contacts of `ids` holding their generated email)."""
-    with _connect(url) as connection:
+    with scratch.connect(url) as connection:
         row = connection.execute(
             """
             SELECT (SELECT count(*) FROM hydration_requests),
@@ -245,7 +189,7 @@ def check_converged(url: str, ids: Sequence[int]) -> tuple[int, int]:
 
 def counted_calls(url: str) -> dict[str, int]:
     """Our own call counter (hubspot_api_calls), endpoint:outcome -> calls."""
-    with _connect(url) as connection:
+    with scratch.connect(url) as connection:
         rows = connection.execute(
             "SELECT endpoint, outcome, calls FROM hubspot_api_calls ORDER BY 1, 2"
         ).fetchall()
@@ -984,8 +928,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[Result] = []
     try:
         with ExitStack() as stack:
-            server_url, source = stack.enter_context(postgres_server(configured))
-            url = stack.enter_context(scratch_database(server_url))
+            server_url, source = stack.enter_context(scratch.postgres_server(configured, "hydrate"))
+            url = stack.enter_context(scratch.scratch_database(server_url, SCRATCH_DATABASE))
             facts = server_facts(url)
             fake = stack.enter_context(
                 FakeHubSpot(rate_limit=BUDGET.max_calls, rate_interval=BUDGET.window_ms / 1000)
