@@ -23,6 +23,7 @@ from service.handlers.registry import load_modules, registry
 from service.handlers.rules import RuleEngine, load_engine
 from service.hydration import Hydrator
 from service.logs import configure_logging
+from service.models import INBOX_STATUSES
 from service.outbox import RUN_STATUSES, RunFilters
 from service.pipelines import refresh_stale
 from service.reconcile import OBJECT_TYPES, Progress, known_portals, reconcile, reconcile_all
@@ -183,7 +184,7 @@ def _operator_commands(sub: Any) -> None:
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--status", action="append", default=[], choices=inbox.INBOX_STATUSES, help="repeatable"
+        "--status", action="append", default=[], choices=INBOX_STATUSES, help="repeatable"
     )
     parser.add_argument("--type", help="subscription type, e.g. contact.propertyChange")
     parser.add_argument("--portal", type=int, help="portal (HubSpot account) id")

@@ -225,7 +225,6 @@ class Notifier:
 
 # --- the worker's side: claim due rows, settle them ------------------------------------------
 
-INBOX_STATUSES = ("pending", "done", "failed", "dead", "ignored")
 # Backoff after a failed attempt n (1-based): 5 s doubling to at most an hour, times 0.5-1.5
 # jitter so events that failed together do not all retry in the same instant.
 _BACKOFF_SQL = "least(3600, 5 * power(2, least(i.attempts, 20))) * (0.5 + random())"

@@ -15,6 +15,12 @@ NAMING_CONVENTION = {
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
+
+def _now_column(name: str) -> sa.Column[object]:
+    """A required timestamptz column that defaults to the time of the insert."""
+    return sa.Column(name, sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now())
+
+
 INBOX_STATUSES = ("pending", "done", "failed", "dead", "ignored")
 
 # One row per distinct HubSpot event. The primary key is the dedupe key: eventId scoped by the
@@ -31,15 +37,11 @@ inbox_events = sa.Table(
     sa.Column("id", sa.BigInteger, sa.Identity(always=True), nullable=False, unique=True),
     sa.Column("subscription_type", sa.Text, nullable=False),
     sa.Column("signature_version", sa.Text, nullable=False),
-    sa.Column(
-        "received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
+    _now_column("received_at"),
     sa.Column("payload", JSONB, nullable=False),
     sa.Column("status", sa.Text, nullable=False, server_default="pending"),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
-    sa.Column(
-        "next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
+    _now_column("next_attempt_at"),
     sa.Column("last_error", sa.Text),
     sa.Column("processed_at", sa.DateTime(timezone=True)),
     sa.PrimaryKeyConstraint("portal_id", "subscription_id", "event_id", "object_id", "occurred_at"),
@@ -75,12 +77,8 @@ crm_objects = sa.Table(
     sa.Column("merged_version", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("erased", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("erased_version", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column(
-        "first_seen", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
-    sa.Column(
-        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
+    _now_column("first_seen"),
+    _now_column("updated_at"),
     sa.PrimaryKeyConstraint("portal_id", "object_type", "object_id"),
     # Every batch asks "is any of these contacts erased?": this index holds only the few that are.
     sa.Index(
@@ -104,9 +102,7 @@ crm_associations = sa.Table(
     sa.Column("present", sa.Boolean, nullable=False),
     sa.Column("is_primary", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("version", sa.BigInteger, nullable=False),
-    sa.Column(
-        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
+    _now_column("updated_at"),
     sa.PrimaryKeyConstraint(
         "portal_id", "from_type", "from_id", "to_type", "to_id", "association_type"
     ),
@@ -120,13 +116,9 @@ hydration_requests = sa.Table(
     sa.Column("object_type", sa.Text, nullable=False),
     sa.Column("object_id", sa.BigInteger, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
-    sa.Column(
-        "requested_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
+    _now_column("requested_at"),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
-    sa.Column(
-        "next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
+    _now_column("next_attempt_at"),
     sa.Column("last_error", sa.Text),
     sa.Column("status", sa.Text, nullable=False, server_default="pending"),
     sa.PrimaryKeyConstraint("portal_id", "object_type", "object_id"),
@@ -149,12 +141,8 @@ hubspot_tokens = sa.Table(
     sa.Column("scopes", sa.Text, nullable=False, server_default=""),
     sa.Column("needs_reinstall", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("last_error", sa.Text),
-    sa.Column(
-        "installed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
-    sa.Column(
-        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
+    _now_column("installed_at"),
+    _now_column("updated_at"),
     sa.PrimaryKeyConstraint("portal_id"),
 )
 
@@ -180,7 +168,7 @@ hubspot_api_calls = sa.Table(
     sa.Column("endpoint", sa.Text, nullable=False),
     sa.Column("outcome", sa.Text, nullable=False),
     sa.Column("calls", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("last_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    _now_column("last_at"),
     sa.PrimaryKeyConstraint("portal_id", "endpoint", "outcome"),
 )
 
@@ -195,9 +183,7 @@ reconcile_checkpoints = sa.Table(
     sa.Column("run_since_ms", sa.BigInteger),
     sa.Column("last_success_at", sa.DateTime(timezone=True)),
     sa.Column("last_success_since_ms", sa.BigInteger),
-    sa.Column(
-        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
+    _now_column("updated_at"),
     sa.PrimaryKeyConstraint("portal_id", "object_type"),
 )
 
@@ -227,14 +213,10 @@ action_runs = sa.Table(
     sa.Column("payload", JSONB, nullable=False),
     sa.Column("status", sa.Text, nullable=False, server_default="pending"),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
-    sa.Column(
-        "next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
+    _now_column("next_attempt_at"),
     sa.Column("last_error", sa.Text),
     sa.Column("result", sa.Text),
-    sa.Column(
-        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
+    _now_column("created_at"),
     sa.Column("done_at", sa.DateTime(timezone=True)),
     sa.PrimaryKeyConstraint("portal_id", "inbox_id", "rule", "action_index"),
     sa.CheckConstraint("status IN ('pending', 'done', 'failed', 'dead')", name="status"),
@@ -253,9 +235,7 @@ own_writes = sa.Table(
     sa.Column("portal_id", sa.BigInteger, nullable=False),
     sa.Column("object_type", sa.Text, nullable=False),
     sa.Column("object_id", sa.BigInteger, nullable=False),
-    sa.Column(
-        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
+    _now_column("created_at"),
     sa.PrimaryKeyConstraint("portal_id", "object_type", "object_id"),
 )
 
@@ -268,8 +248,6 @@ pipeline_stages = sa.Table(
     sa.Column("stage_id", sa.Text, nullable=False),
     sa.Column("pipeline_id", sa.Text, nullable=False),
     sa.Column("label", sa.Text, nullable=False),
-    sa.Column(
-        "fetched_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
+    _now_column("fetched_at"),
     sa.PrimaryKeyConstraint("portal_id", "object_type", "stage_id"),
 )

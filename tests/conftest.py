@@ -6,7 +6,9 @@ import asyncio
 import json
 import os
 import secrets
-from collections.abc import Callable, Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +99,23 @@ def store_events(database_url: str, events: list[dict[str, Any]], *, version: st
             return result.stored
 
     return asyncio.run(record())
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m service ARGS` from the repository root with exactly `env` (plus PATH,
+    HOME and TMPDIR), capturing its output."""
+    base = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        env={**base, **env},
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -16,22 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from service import db
-from tests.conftest import CLIENT_SECRET
-
-
-def run_cli(
-    *args: str, env: Mapping[str, str], timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """Run `python -m service ARGS` with exactly `env` (plus PATH/HOME) and capture its output."""
-    base = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+from tests.conftest import CLIENT_SECRET, run_cli
 
 
 @pytest.mark.parametrize(

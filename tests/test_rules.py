@@ -9,8 +9,6 @@ from __future__ import annotations
 import inspect
 import os
 import re
-import subprocess
-import sys
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,7 +30,7 @@ from service.rules import (
     rule_from_mapping,
 )
 from service.settings import Settings
-from tests.conftest import CLIENT_SECRET
+from tests.conftest import CLIENT_SECRET, run_cli
 from tests.test_mirror import change, hs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,22 +107,6 @@ def next_line() -> int:
     assert frame is not None
     assert frame.f_back is not None
     return frame.f_back.f_lineno + 1
-
-
-def run_cli(
-    *args: str, env: Mapping[str, str], timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """`python -m service ARGS` with exactly `env` (plus PATH/HOME), output captured."""
-    base = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        env={**base, **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 # --- the format ------------------------------------------------------------------------------
