@@ -10,7 +10,7 @@ backlog (by default 200,000 events over 20,000 contacts):
 the backlog is loaded through the ingest SQL (`service.inbox.record_delivery`, 1,000 events per
 statement; not timed), then drained by:
 
-1. one `service.worker.Worker(engine, batch_size=500).drain()` in this process (the headline),
+1. one `service.worker.apply.Worker(engine, batch_size=500).drain()` in this process (the headline),
    and again with the other `--batch-sizes` for comparison;
 2. two worker processes started together (each a `Worker.drain()` on its own engine, as
    `python -m service worker --drain` runs it), timed from the moment both are released;
@@ -53,7 +53,7 @@ import sqlalchemy as sa
 
 from service import db, inbox, mirror
 from service.events import normalise
-from service.worker import Worker
+from service.worker.apply import Worker
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue

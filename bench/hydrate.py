@@ -54,12 +54,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import scratch
 import sqlalchemy as sa
 
-from service import db, hydration, mirror
-from service.handlers.registry import Registry
-from service.hubspot_api import REQUEST_TIMEOUT, HubSpotApi, default_budgets
-from service.hydration import Hydrator
-from service.ratelimit import SAFETY_MARGIN_MS, RateLimiter
-from service.worker import Worker
+from service import db, mirror
+from service.hubspot import hydration
+from service.hubspot.client import REQUEST_TIMEOUT, HubSpotApi, default_budgets
+from service.hubspot.hydration import Hydrator
+from service.hubspot.ratelimit import SAFETY_MARGIN_MS, RateLimiter
+from service.rules.registry import Registry
+from service.worker.apply import Worker
 from tests.conftest import store_events
 from tests.fake_hubspot import FakeHubSpot
 

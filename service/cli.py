@@ -18,18 +18,25 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from service import db, hubspot_api, inbox, outbox
-from service.handlers.registry import load_modules, registry
-from service.handlers.rules import RuleEngine, load_engine
-from service.hydration import Hydrator
+from service import db, inbox, outbox
+from service.hubspot import client as hubspot_api
+from service.hubspot.hydration import Hydrator
+from service.hubspot.pipelines import refresh_stale
+from service.hubspot.reconcile import (
+    OBJECT_TYPES,
+    Progress,
+    known_portals,
+    reconcile,
+    reconcile_all,
+)
 from service.logs import configure_logging
 from service.models import INBOX_STATUSES
 from service.outbox import RUN_STATUSES, RunFilters
-from service.pipelines import refresh_stale
-from service.reconcile import OBJECT_TYPES, Progress, known_portals, reconcile, reconcile_all
-from service.rules import RuleError, load_rules_file
+from service.rules.engine import RuleEngine, load_engine
+from service.rules.language import RuleError, load_rules_file
+from service.rules.registry import load_modules, registry
 from service.settings import Settings, SettingsError
-from service.worker import ActionRunner, Worker, run_loop
+from service.worker.apply import ActionRunner, Worker, run_loop
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     receiver.set_defaults(run=_receiver)
 
-    from service import sender
+    from service.devtools import send as sender
 
     sender.add_arguments(
         sub.add_parser("send", help="sign and POST sample or given events to a webhook URL")
@@ -639,7 +646,7 @@ def _actions(args: argparse.Namespace, settings: Settings) -> int:
 def _receiver(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from service.receiver import create_receiver, new_secret
+    from service.devtools.receiver import create_receiver, new_secret
 
     configure_logging("WARNING", "console")
     secret = args.secret
@@ -672,7 +679,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _send(args: argparse.Namespace, settings: Settings) -> int:
-    from service import sender
+    from service.devtools import send as sender
 
     if args.secret is None and not settings.client_secrets:
         local = dev_client_secret(settings.data_dir, create=False)
@@ -684,13 +691,13 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
 def _run_uvicorn(settings: Settings, database_url: str, host: str, port: int) -> None:
     import uvicorn
 
-    from service.app import create_app
+    from service.web.app import create_app
 
     app = create_app(settings, database_url=database_url)
     # uvicorn re-raises the SIGTERM it caught once it has shut down; exiting through SystemExit
     # instead lets `finally` blocks run (the embedded database stops cleanly, the worker ends).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    # proxy_headers off: service.app decides itself which peers' X-Forwarded-* to believe,
+    # proxy_headers off: service.web.app decides itself which peers' X-Forwarded-* to believe,
     # because the signed URL depends on them.
     uvicorn.run(app, host=host, port=port, proxy_headers=False, log_config=None, access_log=False)
 

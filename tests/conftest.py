@@ -17,9 +17,9 @@ import pytest
 import sqlalchemy as sa
 
 from service import db, inbox
-from service.handlers.registry import Registry
+from service.rules.registry import Registry
 from service.settings import Settings
-from service.worker import Worker
+from service.worker.apply import Worker
 
 CLIENT_SECRET = "test-client-secret-0123456789"
 

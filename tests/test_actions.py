@@ -34,8 +34,8 @@ from service.actions import (
     webhook,
 )
 from service.actions.webhook import sign
-from service.hubspot_api import HubSpotApi, default_budgets
-from service.ratelimit import RateLimiter
+from service.hubspot.client import HubSpotApi, default_budgets
+from service.hubspot.ratelimit import RateLimiter
 from tests.fake_hubspot import FakeHubSpot, epoch_ms
 from tests.receivers import Receiver, refused_url
 

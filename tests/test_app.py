@@ -19,9 +19,9 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from service import db
-from service.app import create_app
 from service.settings import Settings
 from service.signature import sign_v1, sign_v2, sign_v3
+from service.web.app import create_app
 from tests.conftest import CLIENT_SECRET
 
 URL = "http://testserver/webhooks/hubspot"

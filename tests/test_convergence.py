@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.handlers.registry import Registry
-from service.worker import Worker
+from service.rules.registry import Registry
+from service.worker.apply import Worker
 from tests.conftest import store_events
 from tests.test_mirror import assoc, change, hs, merge
 

@@ -1,4 +1,4 @@
-"""service.hubspot_api and service.ratelimit against the fake HubSpot and a real Postgres.
+"""service.hubspot.client and service.hubspot.ratelimit against the fake HubSpot and a real Postgres.
 
 Waits that would slow the suite go through fake sleeps: `Sleeps` records backoff pauses,
 `DbClock` makes the shared limiter believe time passed (it moves the stored call times back),
@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from service import db
-from service.hubspot_api import (
+from service.hubspot.client import (
     MAX_TRIES,
     HubSpotApi,
     HubSpotError,
@@ -31,7 +31,7 @@ from service.hubspot_api import (
     portals_needing_reinstall,
     save_tokens,
 )
-from service.ratelimit import SAFETY_MARGIN_MS, Budget, RateLimiter
+from service.hubspot.ratelimit import SAFETY_MARGIN_MS, Budget, RateLimiter
 from service.settings import Settings
 from tests.fake_hubspot import FakeHubSpot, epoch_ms
 

@@ -1,7 +1,7 @@
 """Hydration: webhook events ask for records, the hydrator fetches them in batches of 100.
 
 Events go in through the inbox and a real worker (tests.test_mirror's builders); the records
-come from the fake HubSpot through service.hubspot_api; the mirror is read back from Postgres.
+come from the fake HubSpot through service.hubspot.client; the mirror is read back from Postgres.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from service import db, hydration, mirror
-from service.hubspot_api import HubSpotApi, Record, default_budgets
-from service.hydration import DEFAULT_PROPERTIES, Hydrator, properties_for
-from service.ratelimit import RateLimiter
-from service.worker import Worker
+from service import db, mirror
+from service.hubspot import hydration
+from service.hubspot.client import HubSpotApi, Record, default_budgets
+from service.hubspot.hydration import DEFAULT_PROPERTIES, Hydrator, properties_for
+from service.hubspot.ratelimit import RateLimiter
+from service.worker.apply import Worker
 from tests.conftest import store_events
 from tests.fake_hubspot import FakeHubSpot, epoch_ms
 from tests.test_hubspot_api import OTHER_PORTAL, PORTAL, TOKEN, Sleeps, install, make_api

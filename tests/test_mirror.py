@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from service.worker import Worker
+from service.worker.apply import Worker
 
 Store = Callable[[list[dict[str, Any]]], int]
 PORTAL = 62515

@@ -18,19 +18,20 @@ import pytest
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 
-from service import db, hubspot_api
-from service.app import create_app
-from service.hubspot_api import (
+from service import db
+from service.hubspot import client as hubspot_api
+from service.hubspot.client import (
     STATE_TTL_SECONDS,
     InvalidState,
     NeedsReinstall,
     check_state,
     sign_state,
 )
-from service.hydration import Hydrator
+from service.hubspot.hydration import Hydrator
 from service.settings import Settings
 from service.signature import sign_v3
-from service.worker import Worker
+from service.web.app import create_app
+from service.worker.apply import Worker
 from tests.fake_hubspot import FakeHubSpot
 from tests.test_mirror import hs
 

@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 
 from service import inbox
 from service.events import Event, Kind
-from service.handlers.registry import Registry
-from service.worker import Worker
+from service.rules.registry import Registry
+from service.worker.apply import Worker
 from tests.conftest import store_events
 from tests.test_mirror import change, hs
 

@@ -23,13 +23,14 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import Webhook
 
-from service import hubspot_api, inbox, outbox
+from service import inbox, outbox
 from service.events import Event, Kind
-from service.handlers.registry import Registry
-from service.handlers.rules import load_engine
-from service.pipelines import refresh_stages
+from service.hubspot import client as hubspot_api
+from service.hubspot.pipelines import refresh_stages
+from service.rules.engine import load_engine
+from service.rules.registry import Registry
 from service.settings import Settings
-from service.worker import ActionRunner, Worker
+from service.worker.apply import ActionRunner, Worker
 from tests.conftest import store_events
 from tests.fake_hubspot import FakeHubSpot
 from tests.receivers import Receiver, refused_url

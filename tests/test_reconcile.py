@@ -16,9 +16,9 @@ import pytest
 import sqlalchemy as sa
 
 from service import db
-from service.hubspot_api import HubSpotApi, HubSpotError, HubSpotUnavailable, default_budgets
-from service.ratelimit import Budget
-from service.reconcile import (
+from service.hubspot.client import HubSpotApi, HubSpotError, HubSpotUnavailable, default_budgets
+from service.hubspot.ratelimit import Budget
+from service.hubspot.reconcile import (
     RECONCILE_LOCK,
     Progress,
     Summary,
@@ -26,7 +26,7 @@ from service.reconcile import (
     reconcile,
     reconcile_all,
 )
-from service.worker import Worker
+from service.worker.apply import Worker
 from tests.fake_hubspot import FakeHubSpot, epoch_ms
 from tests.test_hubspot_api import OTHER_PORTAL, PORTAL, install, make_api
 from tests.test_mirror import Store, change

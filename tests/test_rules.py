@@ -18,9 +18,8 @@ import pytest
 
 from service import cli
 from service.events import Event, Kind, normalise
-from service.handlers.registry import DuplicateHandler, Registry
-from service.handlers.rules import DEFAULT_DEAL_STAGES, load_engine
-from service.rules import (
+from service.rules.engine import DEFAULT_DEAL_STAGES, load_engine
+from service.rules.language import (
     Action,
     Rule,
     RuleError,
@@ -29,6 +28,7 @@ from service.rules import (
     render,
     rule_from_mapping,
 )
+from service.rules.registry import DuplicateHandler, Registry
 from service.settings import Settings
 from tests.conftest import CLIENT_SECRET, run_cli
 from tests.test_mirror import change, hs

@@ -1,6 +1,6 @@
 """`hubspot-webhooks send`: realistic samples, HubSpot's signatures, batching, exit codes.
 
-The requests go to a small stdlib HTTP server that verifies and deduplicates like service.app,
+The requests go to a small stdlib HTTP server that verifies and deduplicates like service.web.app,
 so these tests need no database; tests/test_e2e.py drives the real service.
 """
 
@@ -20,8 +20,9 @@ from typing import Any, cast
 import pytest
 from hubspot.utils.signature import Signature
 
-from service import cli, inbox, sender
-from service.sender import SampleSpec
+from service import cli, inbox
+from service.devtools import send as sender
+from service.devtools.send import SampleSpec
 from service.signature import InvalidSignature, verify_request
 from tests.conftest import CLIENT_SECRET
 
@@ -37,7 +38,7 @@ COMMON_FIELDS = {
 }
 
 
-# --- a receiver that answers like service.app ------------------------------------------------
+# --- a receiver that answers like service.web.app ------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class Receiver:
             return [e for r in self.requests for e in r.events()]
 
     def handle(self, received: Received) -> tuple[int, dict[str, Any]]:
-        """The answer service.app would give."""
+        """The answer service.web.app would give."""
         with self.lock:
             self.requests.append(received)
         time.sleep(self.delay)

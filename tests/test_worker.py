@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from service import db, inbox
 from service.events import Event, Kind
-from service.handlers.registry import Registry
-from service.worker import Worker
+from service.rules.registry import Registry
+from service.worker.apply import Worker
 from tests.conftest import store_events
 from tests.test_mirror import PORTAL, change, hs
 

@@ -22,8 +22,8 @@ from typing import IO, Any
 import pytest
 import sqlalchemy as sa
 
-from service.handlers.registry import Registry
-from service.worker import Worker
+from service.rules.registry import Registry
+from service.worker.apply import Worker
 from tests.conftest import store_events
 from tests.test_convergence import dump, empty_tables
 from tests.test_mirror import assoc, change, hs

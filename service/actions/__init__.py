@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from service.hubspot_api import HubSpotApi
+from service.hubspot.client import HubSpotApi
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from service.actions import ActionFailed, ActionRejected, Outcome, RunContext
 from service.events import CLASSIC_TYPES, OBJECT_TYPE_IDS
-from service.hubspot_api import HubSpotError, HubSpotUnavailable
+from service.hubspot.client import HubSpotError, HubSpotUnavailable
 
 # HUBSPOT_DEFINED association type ids from an engagement to the record it sits on
 # (HubSpot's associations v4 docs, "Activity to object" type ids; tasks and notes guides).

@@ -18,7 +18,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from service import mirror
-from service.hubspot_api import HubSpotApi, HubSpotError, NoToken
+from service.hubspot.client import HubSpotApi, HubSpotError, NoToken
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from service import db, hubspot_api, inbox
+from service import db, inbox
+from service.hubspot import client as hubspot_api
 from service.settings import Settings
 from service.signature import InvalidSignature, build_request_uri, verify_request
 

@@ -1,6 +1,6 @@
 """The handler registry: user code reacts to normalised events inside the apply transaction.
 
-    from service.handlers import registry
+    from service import Event, registry
 
     @registry.on("deals", "property_change", prop="dealstage")
     def deal_stage_changed(event: Event, session: Session) -> None: ...
@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from service.events import CLASSIC_TYPES, OBJECT_TYPE_IDS, Event, Kind
-from service.rules import Rule, rule_from_mapping
+from service.rules.language import Rule, rule_from_mapping
 
 Handler = Callable[[Event, Session], None]
 Predicate = Callable[[Event], bool]

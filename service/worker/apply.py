@@ -23,10 +23,10 @@ from sqlalchemy.orm import Session
 
 from service import actions, db, inbox, mirror, outbox
 from service.events import Event, normalise
-from service.handlers.registry import Registry, registry
-from service.handlers.rules import Before, RuleEngine
-from service.hubspot_api import HubSpotApi
-from service.rules import Rule
+from service.hubspot.client import HubSpotApi
+from service.rules.engine import Before, RuleEngine
+from service.rules.language import Rule
+from service.rules.registry import Registry, registry
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -49,7 +49,7 @@ __all__ = [
 
 Event = dict[str, Any]
 
-WEBHOOK_PATH = "/webhooks/hubspot"  # the route in service.app
+WEBHOOK_PATH = "/webhooks/hubspot"  # the route in service.web.app
 MAX_BATCH = 100  # HubSpot sends at most 100 events per request (HUBSPOT.md §3)
 HUBSPOT_RESPONSE_SECONDS = 5.0  # HubSpot waits 5 s for the answer, then counts a failure
 DEFAULT_PORTAL_ID = 62515  # the portal of HubSpot's documentation samples
@@ -362,7 +362,7 @@ class Outcome:
 
 
 def _reported_counts(body: str) -> dict[str, int]:
-    """`stored` and `duplicates` from a receiver answering like service.app, else nothing."""
+    """`stored` and `duplicates` from a receiver answering like service.web.app, else nothing."""
     try:
         data = json.loads(body)
     except ValueError:

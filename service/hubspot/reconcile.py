@@ -20,8 +20,8 @@ import sqlalchemy as sa
 
 from service import mirror
 from service.db import utcnow
-from service.hubspot_api import HubSpotApi, Record, last_modified_property, ms_of
-from service.hydration import properties_for
+from service.hubspot.client import HubSpotApi, Record, last_modified_property, ms_of
+from service.hubspot.hydration import properties_for
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from service.hubspot_api import HubSpotApi, HubSpotError
+from service.hubspot.client import HubSpotApi, HubSpotError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from service.events import Event, Kind
-from service.rules import Action, Rule, RuleError, load_rules_file, render, render_any
+from service.rules.language import Action, Rule, RuleError, load_rules_file, render, render_any
 from service.settings import Settings
 
 PropertyKey = tuple[int, str, int, str]  # portal, object type, object id, property

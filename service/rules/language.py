@@ -567,7 +567,7 @@ def _check_templates(
 
 
 def _may_be_mirrored(object_type: str, prop: str) -> bool:
-    from service.hydration import DEFAULT_PROPERTIES
+    from service.hubspot.hydration import DEFAULT_PROPERTIES
 
     if object_type not in DEFAULT_PROPERTIES:
         return True  # custom and "*" rules: any property may exist

@@ -3,7 +3,7 @@
 - Tokens: the private app token (HUBSPOT_ACCESS_TOKEN), or per-portal OAuth tokens kept in
   Postgres and refreshed 5 minutes before they expire, one refresh per portal at a time across
   processes (a session-level advisory lock, so no transaction stays open across the call).
-- Every call first reserves a slot in the portal's shared budget (service.ratelimit); 429 blocks
+- Every call first reserves a slot in the portal's shared budget (service.hubspot.ratelimit); 429 blocks
   the bucket for Retry-After, 5xx and connection errors retry with backoff and jitter, other 4xx
   raise HubSpotError at once. Every call is counted by portal, endpoint and outcome.
 - API paths and versions live in the SDK and here only (HUBSPOT.md §4: v3 paths are dated).
@@ -28,7 +28,7 @@ import sqlalchemy as sa
 import urllib3
 
 from service.db import utcnow
-from service.ratelimit import Budget, RateLimiter
+from service.hubspot.ratelimit import Budget, RateLimiter
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""The web process: the app factory, the webhook route, health and OAuth routes."""
