@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import scratch
 import sqlalchemy as sa
 
-from service import db, mirror
+from service import db, fetches, mirror
 from service.hubspot import hydration
 from service.hubspot.client import REQUEST_TIMEOUT, HubSpotApi, default_budgets
 from service.hubspot.hydration import Hydrator
@@ -344,7 +344,7 @@ def naive_hydrate(
         fetched_at_ms = int(time.time() * 1000)
         with engine.begin() as connection:
             claimed_at = connection.execute(sa.text("SELECT now()")).scalar_one()
-            claimed = hydration.Claim(PORTAL_ID, "contacts", [object_id], claimed_at)
+            claimed = fetches.Claim(PORTAL_ID, "contacts", [object_id], claimed_at)
             hydration.complete(connection, claimed, [_contact_snapshot(data)], [], fetched_at_ms)
     return len(ids)
 

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 
 # Arbitrary constant naming "schema migration" among our advisory locks.
 MIGRATION_LOCK_ID = 0x48_53_57_48_01  # "HSWH" + 1
-INBOX_CHANNEL = "hubspot_inbox"
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -31,6 +30,11 @@ class DatabaseError(Exception):
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
+
+
+def json_rows(rows: Iterable[Mapping[str, Any]]) -> str:
+    """Rows as one JSON array, for `jsonb_to_recordset(CAST(:rows AS jsonb))` in one statement."""
+    return json.dumps(list(rows), ensure_ascii=False)
 
 
 def where(

@@ -48,7 +48,7 @@ CLASSIC_TYPES = {
     "lineitem": "line_items",
     "conversation": "conversations",
 }
-OBJECT_TYPE_IDS = {
+TYPE_BY_ID = {
     "0-1": "contacts",
     "0-2": "companies",
     "0-3": "deals",
@@ -60,7 +60,7 @@ OBJECT_TYPE_IDS = {
 # but not mirrored.
 ENGAGEMENT_TYPE_IDS = {"0-27": "tasks", "0-46": "notes"}
 # Objects the mirror keeps. Conversations are not CRM records; custom objects are `2-NNN`.
-MIRRORED_TYPES = frozenset(OBJECT_TYPE_IDS.values())
+MIRRORED_TYPES = frozenset(TYPE_BY_ID.values())
 _CUSTOM_TYPE = re.compile(r"^2-\d+$")
 # CONTACT_TO_COMPANY -> (contacts, companies): the classic association type names.
 _ASSOCIATION_NAME = re.compile(r"^([A-Z_]+?)_TO_([A-Z_]+)$")
@@ -85,7 +85,7 @@ def is_mirrored(object_type: str) -> bool:
 
 def object_type_from_id(type_id: str) -> str:
     """`0-1` -> `contacts`; custom `2-NNN` and unknown ids are kept as they are."""
-    return OBJECT_TYPE_IDS.get(type_id) or ENGAGEMENT_TYPE_IDS.get(type_id, type_id)
+    return TYPE_BY_ID.get(type_id) or ENGAGEMENT_TYPE_IDS.get(type_id, type_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,8 @@
-"""The inbox: validate a delivery, record it exactly once, (later) claim and settle rows."""
+"""The inbox queue: every statement on inbox_events lives here.
+
+Ingest validates a delivery and records it exactly once; the apply stage claims due rows and
+settles them; privacy erasure scrubs rows; operators list, show and replay them.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import contextlib
 import json
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,9 +22,11 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service import db
-from service.db import INBOX_CHANNEL
 
 log = logging.getLogger(__name__)
+
+# NOTIFY channel: the web process says "new events are due"; apply workers LISTEN.
+INBOX_CHANNEL = "hubspot_inbox"
 
 _INT64_MAX = 2**63 - 1
 # HubSpot's JSON never carries these, but Postgres jsonb cannot store NUL or a lone surrogate:
@@ -353,3 +360,34 @@ def replay(connection: sa.Connection, filters: Filters) -> int:
     if count:
         connection.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": INBOX_CHANNEL})
     return count
+
+
+# --- privacy erasure ---------------------------------------------------------------------------
+
+# The contact's values leave every stored raw event; the event itself stays, marked. Rows another
+# worker has claimed are skipped, not waited for (that could deadlock on the contact's lock):
+# that worker scrubs them itself once it sees the tombstone.
+_SCRUB = sa.text(
+    """
+    UPDATE inbox_events i
+    SET payload = (i.payload - 'propertyValue')
+                  || jsonb_build_object('propertyValue', NULL, 'erased', true)
+    WHERE i.id IN (
+        SELECT e.id
+        FROM inbox_events e
+        JOIN jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(portal_id bigint, object_id bigint)
+          ON e.portal_id = r.portal_id AND e.object_id = r.object_id
+        WHERE e.payload ? 'propertyValue'
+          AND jsonb_typeof(e.payload->'propertyValue') <> 'null'
+          AND (e.subscription_type LIKE 'contact.%' OR e.payload->>'objectTypeId' = '0-1')
+        FOR UPDATE OF e SKIP LOCKED
+    )
+    """
+)
+
+
+def scrub_contacts(connection: sa.Connection, contacts: Iterable[tuple[int, int]]) -> None:
+    """Remove erased contacts' property values, (portal, contact id), from stored events."""
+    rows = db.json_rows({"portal_id": p, "object_id": o} for p, o in sorted(set(contacts)))
+    if rows != "[]":
+        connection.execute(_SCRUB, {"rows": rows})

@@ -1,4 +1,7 @@
-"""The outbox of action runs: lease due runs, execute them with no transaction open, settle.
+"""The outbox queue: every statement on action_runs (and own_writes) lives here.
+
+Rules enqueue runs in the apply transaction (unique per event, rule and action, so replays never
+double-fire); the act stage leases due runs, executes them with no transaction open, settles.
 
 A run is leased (its next attempt pushed past the lease) in a short transaction, executed, then
 marked done with a short result, or failed with the error and retried with exponential backoff
@@ -8,7 +11,9 @@ Dead runs stay listed and can be replayed. Downstream outages never touch ingest
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,8 +24,44 @@ from service import db
 
 log = logging.getLogger(__name__)
 
+# NOTIFY channel: a new or replayed run is due; the act stage LISTENs and starts it at once.
+ACTIONS_CHANNEL = "hubspot_actions"
 LEASE_SECONDS = 300
 RUN_STATUSES = ("pending", "done", "failed", "dead")
+
+
+def _notify(connection: sa.Connection) -> None:
+    """Wake the act stage when this transaction commits (NOTIFY is transactional)."""
+    connection.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": ACTIONS_CHANNEL})
+
+
+_ENQUEUE = sa.text(
+    """
+    INSERT INTO action_runs
+        (portal_id, inbox_id, rule, action_index, action, object_type, object_id, payload)
+    SELECT r.portal_id, r.inbox_id, r.rule, r.action_index, r.action, r.object_type,
+           r.object_id, r.payload
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, inbox_id bigint, rule text, action_index int,
+              action text, object_type text, object_id bigint, payload jsonb)
+    ON CONFLICT DO NOTHING
+    """
+)
+
+
+def enqueue(connection: sa.Connection, runs: Sequence[Mapping[str, Any]]) -> int:
+    """Add runs (portal_id, inbox_id, rule, action_index, action, object_type, object_id,
+    payload); a run already enqueued for that event, rule and action is left alone.
+
+    Returns how many are new; when some are, the act stage is woken on commit.
+    """
+    if not runs:
+        return 0
+    rows = json.dumps(list(runs), ensure_ascii=False, default=str)
+    added = int(connection.execute(_ENQUEUE, {"rows": rows}).rowcount)
+    if added:
+        _notify(connection)
+    return added
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +193,37 @@ def replay(connection: sa.Connection, filters: RunFilters) -> int:
         params,
     ).rowcount
     if count:
-        connection.execute(sa.text("SELECT pg_notify('hubspot_actions', '')"))
+        _notify(connection)
     return int(count)
+
+
+def get_run(connection: sa.Connection, run_id: int) -> Any | None:
+    """One run in full (payload, error, result), or None."""
+    return connection.execute(
+        sa.text("SELECT * FROM action_runs WHERE id = :id"), {"id": run_id}
+    ).first()
+
+
+# Action payloads rendered from an erased contact go; one not yet run can no longer run.
+_SCRUB = sa.text(
+    """
+    UPDATE action_runs a
+    SET payload = jsonb_build_object('action', a.action, 'erased', true),
+        status = CASE WHEN a.status = 'done' THEN 'done' ELSE 'dead' END,
+        last_error = CASE WHEN a.status = 'done' THEN a.last_error
+                          ELSE 'contact erased by a privacy deletion' END
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(portal_id bigint, object_id bigint)
+    WHERE a.portal_id = r.portal_id AND a.object_type = 'contacts' AND a.object_id = r.object_id
+      AND NOT (a.payload ? 'erased')
+    """
+)
+
+
+def scrub_contacts(connection: sa.Connection, contacts: Iterable[tuple[int, int]]) -> None:
+    """Erase the payloads of runs about these (portal, contact id); pending ones become dead."""
+    rows = db.json_rows({"portal_id": p, "object_id": o} for p, o in sorted(set(contacts)))
+    if rows != "[]":
+        connection.execute(_SCRUB, {"rows": rows})
 
 
 def record_own_write(

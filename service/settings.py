@@ -17,6 +17,56 @@ from urllib.parse import urlsplit
 T = TypeVar("T")
 
 DEFAULT_API_BASE_URL = "https://api.hubapi.com"
+# What a mirror without configuration fetches, per object type (MIRROR_PROPERTIES overrides).
+DEFAULT_MIRROR_PROPERTIES: Mapping[str, tuple[str, ...]] = {
+    "contacts": (
+        "email",
+        "firstname",
+        "lastname",
+        "phone",
+        "company",
+        "jobtitle",
+        "lifecyclestage",
+        "hs_lead_status",
+        "hubspot_owner_id",
+        "createdate",
+        "lastmodifieddate",
+    ),
+    "companies": (
+        "name",
+        "domain",
+        "industry",
+        "numberofemployees",
+        "annualrevenue",
+        "city",
+        "country",
+        "lifecyclestage",
+        "hubspot_owner_id",
+        "createdate",
+        "hs_lastmodifieddate",
+    ),
+    "deals": (
+        "dealname",
+        "dealstage",
+        "pipeline",
+        "amount",
+        "closedate",
+        "dealtype",
+        "hubspot_owner_id",
+        "createdate",
+        "hs_lastmodifieddate",
+    ),
+    "tickets": (
+        "subject",
+        "content",
+        "hs_pipeline",
+        "hs_pipeline_stage",
+        "hs_ticket_priority",
+        "hubspot_owner_id",
+        "createdate",
+        "hs_lastmodifieddate",
+    ),
+}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_SCOPES = (
     "crm.objects.contacts.read",

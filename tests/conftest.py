@@ -95,7 +95,7 @@ def store_events(database_url: str, events: list[dict[str, Any]], *, version: st
             batch = inbox.parse_batch(json.dumps(events).encode())
             result = await inbox.record_delivery(connection, batch, signature_version=version)
             if result.stored:
-                await connection.execute(f"NOTIFY {db.INBOX_CHANNEL}")
+                await connection.execute(f"NOTIFY {inbox.INBOX_CHANNEL}")
             return result.stored
 
     return asyncio.run(record())

@@ -18,7 +18,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from service import db
+from service import db, inbox
 from service.settings import Settings
 from service.signature import sign_v1, sign_v2, sign_v3
 from service.web.app import create_app
@@ -220,11 +220,11 @@ def test_nul_and_lone_surrogate_escapes_are_stored_replaced(
 
 def test_stored_batch_notifies_the_worker_channel(client: TestClient, clean_db: str) -> None:
     with psycopg.connect(db.libpq_url(clean_db), autocommit=True) as listener:
-        listener.execute(f"LISTEN {db.INBOX_CHANNEL}")
+        listener.execute(f"LISTEN {inbox.INBOX_CHANNEL}")
         post_events(client, [event(1)])
         notices = list(listener.notifies(timeout=5, stop_after=1))
 
-    assert [n.channel for n in notices] == [db.INBOX_CHANNEL]
+    assert [n.channel for n in notices] == [inbox.INBOX_CHANNEL]
 
 
 # --- rejections ------------------------------------------------------------------------------

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from service import db, mirror
-from service.hubspot import hydration
+from service import db, fetches, mirror
 from service.hubspot.client import HubSpotApi, Record, default_budgets
-from service.hubspot.hydration import DEFAULT_PROPERTIES, Hydrator, properties_for
+from service.hubspot.hydration import Hydrator, properties_for
 from service.hubspot.ratelimit import RateLimiter
+from service.settings import DEFAULT_MIRROR_PROPERTIES
 from service.worker.apply import Worker
 from tests.conftest import store_events
 from tests.fake_hubspot import FakeHubSpot, epoch_ms
@@ -187,8 +187,8 @@ def test_hydration_asks_for_configured_and_seen_properties(
         companies = properties_for(connection, PORTAL, "companies", {})
         custom = properties_for(connection, PORTAL, "2-123", {})
     assert wanted == ["email", "favourite_engine"]
-    assert default == sorted({*DEFAULT_PROPERTIES["contacts"], "favourite_engine"})
-    assert companies == sorted(DEFAULT_PROPERTIES["companies"])
+    assert default == sorted({*DEFAULT_MIRROR_PROPERTIES["contacts"], "favourite_engine"})
+    assert companies == sorted(DEFAULT_MIRROR_PROPERTIES["companies"])
     assert custom == ["createdate", "hs_lastmodifieddate", "hs_object_id"]
 
     Hydrator(engine, api, {"contacts": ("email",)}).drain()
@@ -456,9 +456,9 @@ def test_claims_by_concurrent_workers_never_overlap(
     worker.drain()
 
     with engine.connect() as one, engine.connect() as two, engine.connect() as three:
-        first = hydration.claim(one)
-        second = hydration.claim(two)
-        third = hydration.claim(three)
+        first = fetches.claim(one)
+        second = fetches.claim(two)
+        third = fetches.claim(three)
         for connection in (one, two, three):
             connection.commit()
 

@@ -90,7 +90,7 @@ def listening(engine: sa.Engine) -> bool:
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                     " AND query = :listen AND pid <> pg_backend_pid()"
                 ),
-                {"listen": f"LISTEN {db.INBOX_CHANNEL}"},
+                {"listen": f"LISTEN {inbox.INBOX_CHANNEL}"},
             )
         )
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.actions import ActionFailed, ActionRejected, Outcome, RunContext
-from service.events import CLASSIC_TYPES, OBJECT_TYPE_IDS
+from service.events import CLASSIC_TYPES, TYPE_BY_ID
 from service.hubspot.client import HubSpotError, HubSpotUnavailable
 
 # HUBSPOT_DEFINED association type ids from an engagement to the record it sits on
@@ -39,7 +39,7 @@ NOTE_BODY_MAX = 65_536  # characters HubSpot accepts in hs_note_body
 def association(engagement: str, payload: Mapping[str, Any]) -> dict[str, Any]:
     """The `associations` entry tying a new task or note to the payload's record."""
     raw_type = str(payload.get("object_type") or "")
-    object_type = OBJECT_TYPE_IDS.get(raw_type, CLASSIC_TYPES.get(raw_type, raw_type))
+    object_type = TYPE_BY_ID.get(raw_type, CLASSIC_TYPES.get(raw_type, raw_type))
     type_id = ASSOCIATION_TYPE_IDS.get((engagement, object_type))
     if type_id is None:
         raise ActionRejected(

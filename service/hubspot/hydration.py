@@ -13,119 +13,17 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import sqlalchemy as sa
 
-from service import mirror
+from service import fetches, mirror
 from service.hubspot.client import HubSpotApi, HubSpotError, NoToken
+from service.settings import DEFAULT_MIRROR_PROPERTIES
 
 log = logging.getLogger(__name__)
 
-BATCH_READ_LIMIT = 100
-LEASE_SECONDS = 120
 
-# What a mirror without configuration fetches, per object type (MIRROR_PROPERTIES overrides).
-DEFAULT_PROPERTIES: Mapping[str, tuple[str, ...]] = {
-    "contacts": (
-        "email",
-        "firstname",
-        "lastname",
-        "phone",
-        "company",
-        "jobtitle",
-        "lifecyclestage",
-        "hs_lead_status",
-        "hubspot_owner_id",
-        "createdate",
-        "lastmodifieddate",
-    ),
-    "companies": (
-        "name",
-        "domain",
-        "industry",
-        "numberofemployees",
-        "annualrevenue",
-        "city",
-        "country",
-        "lifecyclestage",
-        "hubspot_owner_id",
-        "createdate",
-        "hs_lastmodifieddate",
-    ),
-    "deals": (
-        "dealname",
-        "dealstage",
-        "pipeline",
-        "amount",
-        "closedate",
-        "dealtype",
-        "hubspot_owner_id",
-        "createdate",
-        "hs_lastmodifieddate",
-    ),
-    "tickets": (
-        "subject",
-        "content",
-        "hs_pipeline",
-        "hs_pipeline_stage",
-        "hs_ticket_priority",
-        "hubspot_owner_id",
-        "createdate",
-        "hs_lastmodifieddate",
-    ),
-}
 _FALLBACK_PROPERTIES = ("hs_object_id", "createdate", "hs_lastmodifieddate")
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """Due hydration requests of one (portal, object type), leased to this worker."""
-
-    portal_id: int
-    object_type: str
-    ids: list[int]
-    claimed_at: datetime
-
-
-_CLAIM = sa.text(
-    f"""
-    WITH pick AS (
-        SELECT portal_id, object_type FROM hydration_requests
-        WHERE status = 'pending' AND next_attempt_at <= now()
-        ORDER BY next_attempt_at
-        LIMIT 1
-        FOR UPDATE SKIP LOCKED
-    ),
-    due AS (
-        SELECT h.portal_id, h.object_type, h.object_id FROM hydration_requests h, pick
-        WHERE h.portal_id = pick.portal_id AND h.object_type = pick.object_type
-          AND h.status = 'pending' AND h.next_attempt_at <= now()
-        ORDER BY h.next_attempt_at, h.object_id
-        LIMIT {BATCH_READ_LIMIT}
-        FOR UPDATE OF h SKIP LOCKED
-    )
-    UPDATE hydration_requests h
-    SET next_attempt_at = now() + interval '{LEASE_SECONDS} seconds', attempts = h.attempts + 1
-    FROM due
-    WHERE h.portal_id = due.portal_id AND h.object_type = due.object_type
-      AND h.object_id = due.object_id
-    RETURNING h.portal_id, h.object_type, h.object_id, now() AS claimed_at
-    """
-)
-
-
-def claim(connection: sa.Connection) -> Claim | None:
-    """Lease up to 100 due requests of one (portal, object type)."""
-    rows = connection.execute(_CLAIM).all()
-    if not rows:
-        return None
-    return Claim(
-        portal_id=rows[0].portal_id,
-        object_type=rows[0].object_type,
-        ids=sorted(r.object_id for r in rows),
-        claimed_at=rows[0].claimed_at,
-    )
 
 
 def properties_for(
@@ -135,7 +33,9 @@ def properties_for(
     configured: Mapping[str, tuple[str, ...]],
 ) -> list[str]:
     """The configured (or default) properties plus every one seen in webhooks for the type."""
-    base = configured.get(object_type) or DEFAULT_PROPERTIES.get(object_type, _FALLBACK_PROPERTIES)
+    base = configured.get(object_type) or DEFAULT_MIRROR_PROPERTIES.get(
+        object_type, _FALLBACK_PROPERTIES
+    )
     seen = connection.scalars(
         sa.text("SELECT property FROM seen_properties WHERE portal_id = :p AND object_type = :t"),
         {"p": portal_id, "t": object_type},
@@ -145,7 +45,7 @@ def properties_for(
 
 def complete(
     connection: sa.Connection,
-    claimed: Claim,
+    claimed: fetches.Claim,
     snapshots: Sequence[mirror.Snapshot],
     missing: Sequence[int],
     fetched_at_ms: int,
@@ -159,50 +59,7 @@ def complete(
         missing=missing,
         fetched_at_ms=fetched_at_ms,
     )
-    params = {
-        "p": claimed.portal_id,
-        "t": claimed.object_type,
-        "ids": claimed.ids,
-        "at": claimed.claimed_at,
-    }
-    connection.execute(
-        sa.text(
-            "DELETE FROM hydration_requests WHERE portal_id = :p AND object_type = :t"
-            " AND object_id = ANY(:ids) AND requested_at <= :at"
-        ),
-        params,
-    )
-    # Asked again while we fetched: fetch again now rather than after the lease.
-    connection.execute(
-        sa.text(
-            "UPDATE hydration_requests SET next_attempt_at = now(), attempts = 0"
-            " WHERE portal_id = :p AND object_type = :t AND object_id = ANY(:ids)"
-        ),
-        params,
-    )
-
-
-def fail(connection: sa.Connection, claimed: Claim, error: str, *, max_attempts: int) -> None:
-    """Record the error; retry with backoff and jitter, or give up (dead) at the limit."""
-    connection.execute(
-        sa.text(
-            """
-            UPDATE hydration_requests
-            SET last_error = :error,
-                status = CASE WHEN attempts >= :max THEN 'dead' ELSE 'pending' END,
-                next_attempt_at = now() + make_interval(
-                    secs => least(3600, 10 * power(2, least(attempts, 20))) * (0.5 + random()))
-            WHERE portal_id = :p AND object_type = :t AND object_id = ANY(:ids)
-            """
-        ),
-        {
-            "p": claimed.portal_id,
-            "t": claimed.object_type,
-            "ids": claimed.ids,
-            "error": error[:2000],
-            "max": max_attempts,
-        },
-    )
+    fetches.complete(connection, claimed)
 
 
 @dataclass
@@ -226,7 +83,7 @@ class Hydrator:
         next group, and the last write is waited for when nothing is left to claim.
         """
         with self.engine.begin() as connection:
-            claimed = claim(connection)
+            claimed = fetches.claim(connection)
             if claimed is not None:
                 properties = properties_for(
                     connection, claimed.portal_id, claimed.object_type, self.configured_properties
@@ -252,7 +109,7 @@ class Hydrator:
                 },
             )
             with self.engine.begin() as connection:
-                fail(connection, claimed, str(exc), max_attempts=self.max_attempts)
+                fetches.fail(connection, claimed, str(exc), max_attempts=self.max_attempts)
             return len(claimed.ids)
         fetched_at_ms = int(time.time() * 1000)
         snapshots = [
@@ -281,7 +138,7 @@ class Hydrator:
 
     def _write(
         self,
-        claimed: Claim,
+        claimed: fetches.Claim,
         snapshots: list[mirror.Snapshot],
         missing: list[int],
         fetched_at_ms: int,

@@ -17,13 +17,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from service import outbox
 from service.events import Event, Kind
 from service.rules.language import Action, Rule, RuleError, load_rules_file, render, render_any
 from service.settings import Settings
 
 PropertyKey = tuple[int, str, int, str]  # portal, object type, object id, property
 DAY_MS = 86_400_000
-ACTIONS_CHANNEL = "hubspot_actions"
 
 # HubSpot's default deal pipeline: stage ids and labels, so rules that name a stage by label
 # work before (or without) the pipelines API.
@@ -161,24 +161,7 @@ class RuleEngine:
                 )
         if not rows:
             return fired
-        result = connection.execute(
-            sa.text(
-                """
-                INSERT INTO action_runs
-                    (portal_id, inbox_id, rule, action_index, action, object_type, object_id,
-                     payload)
-                SELECT r.portal_id, r.inbox_id, r.rule, r.action_index, r.action, r.object_type,
-                       r.object_id, r.payload
-                FROM jsonb_to_recordset(CAST(:rows AS jsonb))
-                     AS r(portal_id bigint, inbox_id bigint, rule text, action_index int,
-                          action text, object_type text, object_id bigint, payload jsonb)
-                ON CONFLICT DO NOTHING
-                """
-            ),
-            {"rows": json.dumps(rows, ensure_ascii=False, default=str)},
-        )
-        if result.rowcount:
-            connection.execute(sa.text(f"SELECT pg_notify('{ACTIONS_CHANNEL}', '')"))
+        outbox.enqueue(connection, rows)
         return fired
 
     def _payload(

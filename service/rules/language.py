@@ -28,7 +28,8 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from service.events import CLASSIC_TYPES, OBJECT_TYPE_IDS, Event, Kind
+from service.events import CLASSIC_TYPES, TYPE_BY_ID, Event, Kind
+from service.settings import DEFAULT_MIRROR_PROPERTIES
 
 ACTION_TYPES = ("slack", "webhook", "hubspot_task", "hubspot_note", "log")
 EVENT_FIELDS = frozenset(
@@ -256,7 +257,7 @@ def template_fields(value: Any) -> Iterable[tuple[str, str, str | None]]:
 
 # --- loading and checking --------------------------------------------------------------------
 
-_KNOWN_OBJECTS = frozenset({"*", *CLASSIC_TYPES, *CLASSIC_TYPES.values(), *OBJECT_TYPE_IDS})
+_KNOWN_OBJECTS = frozenset({"*", *CLASSIC_TYPES, *CLASSIC_TYPES.values(), *TYPE_BY_ID})
 _CUSTOM = re.compile(r"^[02]-[0-9]+$")
 
 
@@ -385,7 +386,7 @@ def _parse_rule(  # noqa: PLR0912, PLR0915 - one check per field reads best as a
             'use contacts, companies, deals, tickets, a type id like "2-12345", or "*"',
         )
         object_type = "*"
-    object_type = OBJECT_TYPE_IDS.get(object_type, CLASSIC_TYPES.get(object_type, object_type))
+    object_type = TYPE_BY_ID.get(object_type, CLASSIC_TYPES.get(object_type, object_type))
     kind_raw = when.get("kind")
     try:
         kind = Kind(str(kind_raw))
@@ -567,11 +568,9 @@ def _check_templates(
 
 
 def _may_be_mirrored(object_type: str, prop: str) -> bool:
-    from service.hubspot.hydration import DEFAULT_PROPERTIES
-
-    if object_type not in DEFAULT_PROPERTIES:
+    if object_type not in DEFAULT_MIRROR_PROPERTIES:
         return True  # custom and "*" rules: any property may exist
-    return prop in DEFAULT_PROPERTIES[object_type] or prop == "hs_object_id"
+    return prop in DEFAULT_MIRROR_PROPERTIES[object_type] or prop == "hs_object_id"
 
 
 def _check_specifics(

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service.events import CLASSIC_TYPES, OBJECT_TYPE_IDS, Event, Kind
+from service.events import CLASSIC_TYPES, TYPE_BY_ID, Event, Kind
 from service.rules.language import Rule, rule_from_mapping
 
 Handler = Callable[[Event, Session], None]
@@ -29,7 +29,7 @@ Predicate = Callable[[Event], bool]
 HandlerKey = tuple[str, Kind, str | None]
 ANY_TYPE = "*"
 _TYPE_ID = re.compile(r"^[02]-[0-9]+$")
-_KNOWN_TYPES = frozenset({ANY_TYPE, *CLASSIC_TYPES, *CLASSIC_TYPES.values(), *OBJECT_TYPE_IDS})
+_KNOWN_TYPES = frozenset({ANY_TYPE, *CLASSIC_TYPES, *CLASSIC_TYPES.values(), *TYPE_BY_ID})
 
 
 class DuplicateHandler(Exception):
@@ -62,8 +62,8 @@ def _caller() -> str:
 
 def normalise_object_type(object_type: str) -> str:
     """`contact`, `contacts` and `0-1` all name contacts; `2-NNN` and `*` are kept."""
-    if object_type in OBJECT_TYPE_IDS:
-        return OBJECT_TYPE_IDS[object_type]
+    if object_type in TYPE_BY_ID:
+        return TYPE_BY_ID[object_type]
     return CLASSIC_TYPES.get(object_type, object_type)
 
 

@@ -119,7 +119,7 @@ class Worker:
     def _listen(self) -> psycopg.Connection[object]:
         url = db.libpq_url(self.engine.url.render_as_string(hide_password=False))
         connection: psycopg.Connection[object] = psycopg.connect(url, autocommit=True)
-        connection.execute(f"LISTEN {db.INBOX_CHANNEL}")
+        connection.execute(f"LISTEN {inbox.INBOX_CHANNEL}")
         return connection
 
     def _wait(self, listener: psycopg.Connection[object], stop: threading.Event) -> None:

@@ -1,0 +1,229 @@
+"""The fetch queue: every statement on hydration_requests lives here.
+
+The mirror asks for a record to be fetched from HubSpot (created, restored, redacted, merged)
+in its apply transaction; one row per record however often it is asked. The hydrate stage
+leases up to 100 due requests of one (portal, object type) for one batch read, then completes
+or fails them; operators list and retry them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from service import db
+
+ObjectKey = tuple[int, str, int]
+BATCH_READ_LIMIT = 100  # HubSpot's batch read takes at most 100 ids
+LEASE_SECONDS = 120
+STATUSES = ("pending", "dead")
+
+
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """A record whose current state must be fetched from HubSpot, and why."""
+
+    key: ObjectKey
+    reason: str
+
+
+_REQUEST = sa.text(
+    """
+    INSERT INTO hydration_requests (portal_id, object_type, object_id, reason)
+    SELECT r.portal_id, r.object_type, r.object_id, r.reason
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, object_type text, object_id bigint, reason text)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM crm_objects o
+        WHERE o.portal_id = r.portal_id AND o.object_type = r.object_type
+          AND o.object_id = r.object_id AND o.erased
+    )
+    ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
+    -- Asked again: fetch again, even if a fetch is under way or had given up.
+    SET requested_at = now(),
+        status = 'pending',
+        attempts = CASE WHEN hydration_requests.status = 'dead' THEN 0
+                        ELSE hydration_requests.attempts END,
+        next_attempt_at = CASE WHEN hydration_requests.status = 'dead' THEN now()
+                               ELSE hydration_requests.next_attempt_at END
+    """
+)
+
+
+def request(connection: sa.Connection, wanted: Sequence[Wanted]) -> None:
+    """Record that these records must be fetched (never an erased contact)."""
+    first: dict[ObjectKey, str] = {}
+    for item in wanted:
+        first.setdefault(item.key, item.reason)
+    if not first:
+        return
+    rows = db.json_rows(
+        {"portal_id": p, "object_type": t, "object_id": o, "reason": r}
+        for (p, t, o), r in sorted(first.items())
+    )
+    connection.execute(_REQUEST, {"rows": rows})
+
+
+_FORGET_CONTACTS = sa.text(
+    """
+    DELETE FROM hydration_requests h
+    USING jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(portal_id bigint, object_id bigint)
+    WHERE h.portal_id = r.portal_id AND h.object_type = 'contacts' AND h.object_id = r.object_id
+    """
+)
+
+
+def forget_contacts(connection: sa.Connection, contacts: Iterable[tuple[int, int]]) -> None:
+    """Drop pending fetches of erased contacts, (portal, contact id)."""
+    rows = db.json_rows({"portal_id": p, "object_id": o} for p, o in sorted(set(contacts)))
+    if rows != "[]":
+        connection.execute(_FORGET_CONTACTS, {"rows": rows})
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Up to 100 leased requests of one (portal, object type): one batch read."""
+
+    portal_id: int
+    object_type: str
+    ids: list[int]
+    claimed_at: datetime
+
+
+_CLAIM = sa.text(
+    f"""
+    WITH pick AS (
+        SELECT portal_id, object_type FROM hydration_requests
+        WHERE status = 'pending' AND next_attempt_at <= now()
+        ORDER BY next_attempt_at
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    ),
+    due AS (
+        SELECT h.portal_id, h.object_type, h.object_id FROM hydration_requests h, pick
+        WHERE h.portal_id = pick.portal_id AND h.object_type = pick.object_type
+          AND h.status = 'pending' AND h.next_attempt_at <= now()
+        ORDER BY h.next_attempt_at, h.object_id
+        LIMIT {BATCH_READ_LIMIT}
+        FOR UPDATE OF h SKIP LOCKED
+    )
+    UPDATE hydration_requests h
+    SET next_attempt_at = now() + interval '{LEASE_SECONDS} seconds', attempts = h.attempts + 1
+    FROM due
+    WHERE h.portal_id = due.portal_id AND h.object_type = due.object_type
+      AND h.object_id = due.object_id
+    RETURNING h.portal_id, h.object_type, h.object_id, now() AS claimed_at
+    """
+)
+
+
+def claim(connection: sa.Connection) -> Claim | None:
+    """Lease up to 100 due requests of one (portal, object type)."""
+    rows = connection.execute(_CLAIM).all()
+    if not rows:
+        return None
+    return Claim(
+        portal_id=rows[0].portal_id,
+        object_type=rows[0].object_type,
+        ids=sorted(r.object_id for r in rows),
+        claimed_at=rows[0].claimed_at,
+    )
+
+
+def complete(connection: sa.Connection, claimed: Claim) -> None:
+    """The records were fetched: drop the requests not asked for again since the claim."""
+    params = {
+        "p": claimed.portal_id,
+        "t": claimed.object_type,
+        "ids": claimed.ids,
+        "at": claimed.claimed_at,
+    }
+    connection.execute(
+        sa.text(
+            "DELETE FROM hydration_requests WHERE portal_id = :p AND object_type = :t"
+            " AND object_id = ANY(:ids) AND requested_at <= :at"
+        ),
+        params,
+    )
+    # Asked again while we fetched: fetch again now rather than after the lease.
+    connection.execute(
+        sa.text(
+            "UPDATE hydration_requests SET next_attempt_at = now(), attempts = 0"
+            " WHERE portal_id = :p AND object_type = :t AND object_id = ANY(:ids)"
+        ),
+        params,
+    )
+
+
+def fail(connection: sa.Connection, claimed: Claim, error: str, *, max_attempts: int) -> None:
+    """Record the error; retry with backoff and jitter, or give up (dead) at the limit."""
+    connection.execute(
+        sa.text(
+            """
+            UPDATE hydration_requests
+            SET last_error = :error,
+                status = CASE WHEN attempts >= :max THEN 'dead' ELSE 'pending' END,
+                next_attempt_at = now() + make_interval(
+                    secs => least(3600, 10 * power(2, least(attempts, 20))) * (0.5 + random()))
+            WHERE portal_id = :p AND object_type = :t AND object_id = ANY(:ids)
+            """
+        ),
+        {
+            "p": claimed.portal_id,
+            "t": claimed.object_type,
+            "ids": claimed.ids,
+            "error": error[:2000],
+            "max": max_attempts,
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Which fetch requests an operator means."""
+
+    status: str | None = None
+    portal_id: int | None = None
+    object_type: str | None = None
+
+    def where(self) -> tuple[str, dict[str, Any]]:
+        """A SQL condition and its parameters."""
+        return db.where(
+            equal={
+                "status": self.status,
+                "portal_id": self.portal_id,
+                "object_type": self.object_type,
+            }
+        )
+
+
+def list_requests(connection: sa.Connection, filters: Filters, *, limit: int = 50) -> list[Any]:
+    """Matching requests, pending first, soonest due first."""
+    where, params = filters.where()
+    return list(
+        connection.execute(
+            sa.text(
+                f"SELECT * FROM hydration_requests WHERE {where}"
+                " ORDER BY status, next_attempt_at LIMIT :limit"
+            ),
+            {**params, "limit": limit},
+        )
+    )
+
+
+def retry(connection: sa.Connection, filters: Filters) -> int:
+    """Re-queue matching requests (dead ones included) for a fetch now; returns how many."""
+    where, params = filters.where()
+    return int(
+        connection.execute(
+            sa.text(
+                "UPDATE hydration_requests SET status = 'pending', attempts = 0,"
+                f" next_attempt_at = now(), last_error = NULL WHERE {where}"
+            ),
+            params,
+        ).rowcount
+    )

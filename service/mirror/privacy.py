@@ -1,0 +1,71 @@
+"""Privacy deletion: erase a contact everywhere and keep a tombstone.
+
+`contact.privacyDeletion` empties the contact's mirrored properties, asks every table's owner to
+scrub it (stored events, pending action payloads, pending fetches), and leaves a tombstone
+(`erased`) so late events can never write personal data back, in whatever order they come.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from service import db, fetches, inbox, outbox
+from service.events import Event
+
+_ERASE = sa.text(
+    """
+    INSERT INTO crm_objects AS o (portal_id, object_type, object_id, erased, erased_version)
+    SELECT r.portal_id, 'contacts', r.object_id, true, r.version
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, object_id bigint, version bigint)
+    ORDER BY r.portal_id, r.object_id
+    ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
+    SET erased = true,
+        erased_version = greatest(o.erased_version, EXCLUDED.erased_version),
+        properties = '{}'::jsonb,
+        versions = '{}'::jsonb,
+        updated_at = now()
+    """
+)
+
+
+def erase_contacts(connection: sa.Connection, events: Sequence[Event]) -> None:
+    """contact.privacyDeletion: erase, forget pending fetches, scrub stored events; a tombstone."""
+    if not events:
+        return
+    latest: dict[tuple[int, int], int] = {}
+    for e in events:
+        assert e.object_id is not None
+        key = (e.portal_id, e.object_id)
+        latest[key] = max(latest.get(key, 0), e.occurred_at)
+    rows = db.json_rows(
+        {"portal_id": p, "object_id": o, "version": v} for (p, o), v in sorted(latest.items())
+    )
+    connection.execute(_ERASE, {"rows": rows})
+    # Each table's owner scrubs its own rows.
+    fetches.forget_contacts(connection, latest)
+    inbox.scrub_contacts(connection, latest)
+    outbox.scrub_contacts(connection, latest)
+
+
+_ERASED_AMONG = sa.text(
+    """
+    SELECT o.portal_id, o.object_id
+    FROM crm_objects o
+    JOIN jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(portal_id bigint, object_id bigint)
+      ON o.portal_id = r.portal_id AND o.object_type = 'contacts' AND o.object_id = r.object_id
+    WHERE o.erased
+    """
+)
+
+
+def scrub_erased_events(connection: sa.Connection, events: Sequence[Event]) -> None:
+    """Scrub late-arriving events about contacts that are already erased."""
+    keys = {(e.portal_id, e.object_id) for e in events if e.object_id is not None}
+    if not keys:
+        return
+    rows = db.json_rows({"portal_id": p, "object_id": o} for p, o in sorted(keys))
+    erased = connection.execute(_ERASED_AMONG, {"rows": rows}).all()
+    inbox.scrub_contacts(connection, [(r.portal_id, r.object_id) for r in erased])

@@ -1,0 +1,109 @@
+"""The mirror's registers: the last-writer-wins statements on crm_objects, and its row locks.
+
+Every mirrored field is a register versioned by HubSpot's occurredAt (ms) with a fixed
+tie-break, so any order, batching and repetition of the same writes converges on the same rows.
+Both the apply stage (webhook events) and snapshots (records fetched from the API) write
+through these statements; rows are given as a JSON array, one statement per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+
+from service import db
+
+ObjectKey = tuple[int, str, int]
+
+# Lock every record the batch will write, in one statement and one global order, before any
+# other write: the later statements each touch a different subset, and without this two workers
+# could lock the same two records in opposite orders and deadlock. ON CONFLICT DO UPDATE .. WHERE
+# false locks an existing row without writing it; a new row is inserted (and so locked).
+_LOCK = sa.text(
+    """
+    INSERT INTO crm_objects AS o (portal_id, object_type, object_id)
+    SELECT r.portal_id, r.object_type, r.object_id
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, object_type text, object_id bigint)
+    ORDER BY r.portal_id, r.object_type, r.object_id
+    ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
+    SET updated_at = o.updated_at
+    WHERE false
+    """
+)
+
+
+def lock_objects(connection: sa.Connection, keys: Iterable[ObjectKey]) -> None:
+    """Create-or-lock these mirror rows, in key order, until the transaction ends."""
+    ordered = sorted(keys)
+    if ordered:
+        rows = db.json_rows(
+            {"portal_id": p, "object_type": t, "object_id": o} for p, t, o in ordered
+        )
+        connection.execute(_LOCK, {"rows": rows})
+
+
+# Deletion archives, creation and restore un-archive: the newest wins, deletion at a tie.
+_LIFECYCLE = sa.text(
+    """
+    INSERT INTO crm_objects AS o (portal_id, object_type, object_id, archived, archived_version)
+    SELECT r.portal_id, r.object_type, r.object_id, r.archived, r.version
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, object_type text, object_id bigint, archived boolean,
+              version bigint)
+    ORDER BY r.portal_id, r.object_type, r.object_id
+    ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
+    SET archived = EXCLUDED.archived,
+        archived_version = EXCLUDED.archived_version,
+        updated_at = now()
+    WHERE EXCLUDED.archived_version > o.archived_version
+       OR (EXCLUDED.archived_version = o.archived_version AND EXCLUDED.archived AND NOT o.archived)
+    """
+)
+
+
+# A property's new value wins when its version is newer, or equal with a greater value (code
+# point order, as Python compares, hence COLLATE "C"): the same winner from any order.
+_WINS = """
+    (o.versions->>{key}) IS NULL
+    OR (EXCLUDED.versions->>{key})::bigint > (o.versions->>{key})::bigint
+    OR ((EXCLUDED.versions->>{key})::bigint = (o.versions->>{key})::bigint
+        AND (EXCLUDED.properties->>{key}) COLLATE "C" > (o.properties->>{key}) COLLATE "C")
+"""
+_PROPERTIES = sa.text(
+    f"""
+    INSERT INTO crm_objects AS o (portal_id, object_type, object_id, properties, versions)
+    SELECT r.portal_id, r.object_type, r.object_id, r.properties, r.versions
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, object_type text, object_id bigint, properties jsonb,
+              versions jsonb)
+    ORDER BY r.portal_id, r.object_type, r.object_id
+    ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
+    SET properties = o.properties || coalesce(
+            (SELECT jsonb_object_agg(n.key, n.value) FROM jsonb_each(EXCLUDED.properties) n
+             WHERE {_WINS.format(key="n.key")}),
+            '{{}}'::jsonb),
+        versions = o.versions || coalesce(
+            (SELECT jsonb_object_agg(n.key, n.value) FROM jsonb_each(EXCLUDED.versions) n
+             WHERE {_WINS.format(key="n.key")}),
+            '{{}}'::jsonb),
+        updated_at = now()
+    -- Only rows where some property wins are written (and counted as changed).
+    WHERE NOT o.erased
+      AND EXISTS (SELECT 1 FROM jsonb_each(EXCLUDED.versions) n WHERE {_WINS.format(key="n.key")})
+    """
+)
+
+
+def write_lifecycle(connection: sa.Connection, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Archive or un-archive records: rows of portal_id, object_type, object_id, archived and
+    version, one per record, sorted by key (the order rows are locked in)."""
+    connection.execute(_LIFECYCLE, {"rows": db.json_rows(rows)})
+
+
+def write_properties(connection: sa.Connection, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Merge properties per property by version: rows of portal_id, object_type, object_id,
+    properties and versions, one per record, sorted by key. Returns how many records changed."""
+    return int(connection.execute(_PROPERTIES, {"rows": db.json_rows(rows)}).rowcount)
