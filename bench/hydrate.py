@@ -56,9 +56,10 @@ import sqlalchemy as sa
 
 from service import db, fetches, mirror
 from service.hubspot import hydration
-from service.hubspot.client import REQUEST_TIMEOUT, HubSpotApi, default_budgets
+from service.hubspot.client import HubSpotApi, default_budgets
 from service.hubspot.hydration import Hydrator
 from service.hubspot.ratelimit import SAFETY_MARGIN_MS, RateLimiter
+from service.hubspot.sdk import REQUEST_TIMEOUT
 from service.rules.registry import Registry
 from service.worker.apply import Worker
 from tests.conftest import store_events

@@ -59,6 +59,8 @@ TYPE_BY_ID = {
 # Engagements this service writes (tasks, notes): named, so their webhook echoes are recognised,
 # but not mirrored.
 ENGAGEMENT_TYPE_IDS = {"0-27": "tasks", "0-46": "notes"}
+# The values HubSpot accepts for a task's hs_task_priority.
+TASK_PRIORITIES = ("LOW", "MEDIUM", "HIGH")
 # Objects the mirror keeps. Conversations are not CRM records; custom objects are `2-NNN`.
 MIRRORED_TYPES = frozenset(TYPE_BY_ID.values())
 _CUSTOM_TYPE = re.compile(r"^2-\d+$")

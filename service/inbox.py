@@ -83,7 +83,12 @@ def parse_batch(body: bytes) -> Batch:
         _check_event(index, event)
     if _UNSTORABLE_ESCAPE.search(body):
         data = _storable(data)
-        text = json.dumps(data, ensure_ascii=False)
+        try:
+            # allow_nan=False: a number too large for a float (1e400) would come out as
+            # Infinity, which jsonb refuses; such a body is refused here, not retried forever.
+            text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            raise InvalidBatch("body has a number too large to store") from None
     return Batch(events=data, json_text=text)
 
 

@@ -6,17 +6,21 @@ Every problem stops start-up with one line naming the variable (`SettingsError`,
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from secrets import token_urlsafe
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 T = TypeVar("T")
 
 DEFAULT_API_BASE_URL = "https://api.hubapi.com"
+# The path HubSpot POSTs to: the webhook target URL configured in the app is BASE + this.
+WEBHOOK_PATH = "/webhooks/hubspot"
 # What a mirror without configuration fetches, per object type (MIRROR_PROPERTIES overrides).
 DEFAULT_MIRROR_PROPERTIES: Mapping[str, tuple[str, ...]] = {
     "contacts": (
@@ -347,3 +351,27 @@ def _ip_list(value: str) -> tuple[str, ...]:
             except ValueError:
                 raise ValueError(f"{entry!r} is not an IP address, network or *") from None
     return entries
+
+
+# The `dev` command's client secret, created once in DATA_DIR; `send` signs with it by default.
+DEV_SECRET_FILE = "dev-client-secret"  # noqa: S105 - a file name, not a secret
+
+log = logging.getLogger(__name__)
+
+
+def dev_client_secret(data_dir: Path, *, create: bool = True) -> str | None:
+    """The local development client secret, kept in DATA_DIR (never printed).
+
+    None when the file does not exist and `create` is false.
+    """
+    path = data_dir / DEV_SECRET_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    if not create:
+        return None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = token_urlsafe(32)
+    path.touch(mode=0o600)
+    path.write_text(secret)
+    log.info("dev_client_secret_created", extra={"path": str(path)})
+    return secret

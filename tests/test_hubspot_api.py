@@ -1,4 +1,4 @@
-"""service.hubspot.client and service.hubspot.ratelimit against the fake HubSpot and a real Postgres.
+"""service.hubspot client, oauth tokens and ratelimit against the fake HubSpot and a real Postgres.
 
 Waits that would slow the suite go through fake sleeps: `Sleeps` records backoff pauses,
 `DbClock` makes the shared limiter believe time passed (it moves the stored call times back),
@@ -25,12 +25,10 @@ from service.hubspot.client import (
     HubSpotUnavailable,
     NeedsReinstall,
     NoToken,
-    Tokens,
     default_budgets,
     from_settings,
-    portals_needing_reinstall,
-    save_tokens,
 )
+from service.hubspot.oauth import Tokens, portals_needing_reinstall, save_tokens
 from service.hubspot.ratelimit import SAFETY_MARGIN_MS, Budget, RateLimiter
 from service.settings import Settings
 from tests.fake_hubspot import FakeHubSpot, epoch_ms

@@ -19,15 +19,15 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from service import db
-from service.hubspot import client as hubspot_api
-from service.hubspot.client import (
+from service.hubspot.client import NeedsReinstall, from_settings
+from service.hubspot.hydration import Hydrator
+from service.hubspot.oauth import (
+    AUTHORIZE_URL,
     STATE_TTL_SECONDS,
     InvalidState,
-    NeedsReinstall,
     check_state,
     sign_state,
 )
-from service.hubspot.hydration import Hydrator
 from service.settings import Settings
 from service.signature import sign_v3
 from service.web.app import create_app
@@ -88,7 +88,7 @@ def authorize_query(response: Any) -> dict[str, str]:
     """The query of the consent page URL /oauth/install redirected to."""
     location = response.headers["location"]
     parts = urlsplit(location)
-    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == hubspot_api.AUTHORIZE_URL
+    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == AUTHORIZE_URL
     return {k: v[0] for k, v in parse_qs(parts.query).items()}
 
 
@@ -181,7 +181,7 @@ def test_callback_stores_the_portals_tokens_and_its_webhooks_hydrate_with_them(
     )
     assert delivered.status_code == 200
     worker.drain()
-    api = hubspot_api.from_settings(settings_for_oauth, engine)
+    api = from_settings(settings_for_oauth, engine)
     assert api is not None
     assert api.private_token is None
     assert Hydrator(engine, api, {}).drain() == 1
@@ -288,7 +288,7 @@ def test_readyz_lists_portals_needing_reinstall_until_they_install_again(
         connection.execute(
             sa.text("UPDATE hubspot_tokens SET expires_at = now() + interval '1 minute'")
         )
-    api = hubspot_api.from_settings(settings_for_oauth, engine)
+    api = from_settings(settings_for_oauth, engine)
     assert api is not None
 
     with pytest.raises(NeedsReinstall):

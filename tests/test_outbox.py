@@ -25,12 +25,13 @@ from standardwebhooks.webhooks import Webhook
 
 from service import inbox, outbox
 from service.events import Event, Kind
-from service.hubspot import client as hubspot_api
+from service.hubspot import client
 from service.hubspot.pipelines import refresh_stages
 from service.rules.engine import load_engine
 from service.rules.registry import Registry
 from service.settings import Settings
-from service.worker.apply import ActionRunner, Worker
+from service.worker.act import ActionRunner
+from service.worker.apply import Worker
 from tests.conftest import store_events
 from tests.fake_hubspot import FakeHubSpot
 from tests.receivers import Receiver, refused_url
@@ -188,7 +189,7 @@ def make(clean_db: str, engine: sa.Engine, receiver: Receiver, tmp_path: Path) -
         assert rule_engine is not None
         worker = Worker(engine, max_attempts=3, handlers=handlers or Registry(), rules=rule_engine)
         runner = ActionRunner(
-            engine, rule_engine.rules, settings, api=hubspot_api.from_settings(settings, engine)
+            engine, rule_engine.rules, settings, api=client.from_settings(settings, engine)
         )
         runners.append(runner)
         return Harness(engine, clean_db, settings, worker, runner, receiver, environ)

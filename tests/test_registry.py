@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from service import DuplicateHandler, Registry, UnknownKind
 from service.events import Event, Kind, normalise
-from service.rules.registry import normalise_object_type
+from service.rules.language import normalise_object_type
 from tests.test_mirror import change, hs
 
 THIS_FILE = __file__

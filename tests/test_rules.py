@@ -25,10 +25,10 @@ from service.rules.language import (
     RuleError,
     load_rules_file,
     load_rules_text,
-    render,
     rule_from_mapping,
 )
 from service.rules.registry import DuplicateHandler, Registry
+from service.rules.templates import render
 from service.settings import Settings
 from tests.conftest import CLIENT_SECRET, run_cli
 from tests.test_mirror import change, hs

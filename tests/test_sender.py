@@ -21,8 +21,10 @@ import pytest
 from hubspot.utils.signature import Signature
 
 from service import cli, inbox
+from service.devtools import delivery, samples
 from service.devtools import send as sender
-from service.devtools.send import SampleSpec
+from service.devtools.samples import SampleSpec
+from service.settings import DEV_SECRET_FILE
 from service.signature import InvalidSignature, verify_request
 from tests.conftest import CLIENT_SECRET
 
@@ -191,29 +193,29 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize(
-    "subscription_type", [*sender.SAMPLE_TYPES, "contact.someFutureKind", "line_item.creation"]
+    "subscription_type", [*samples.SAMPLE_TYPES, "contact.someFutureKind", "line_item.creation"]
 )
 def test_every_sample_type_is_a_batch_the_inbox_accepts(subscription_type: str) -> None:
     now_ms = int(time.time() * 1000)
-    events = sender.build_events(
+    events = samples.build_events(
         SampleSpec(subscription_type=subscription_type), 3, rng=random.Random(1), now_ms=now_ms
     )
-    batch = inbox.parse_batch(sender.encode_batch(events))
+    batch = inbox.parse_batch(delivery.encode_batch(events))
     assert batch.events == events
     for event in events:
         assert event.keys() >= COMMON_FIELDS
         assert event["subscriptionType"] == subscription_type
         assert event["attemptNumber"] == 0
         assert event["occurredAt"] == now_ms
-        assert event["portalId"] == sender.DEFAULT_PORTAL_ID
-        assert event["appId"] == sender.DEFAULT_APP_ID
+        assert event["portalId"] == samples.DEFAULT_PORTAL_ID
+        assert event["appId"] == samples.DEFAULT_APP_ID
         assert isinstance(event.get("objectId", event.get("fromObjectId")), int)
 
 
 def sample(subscription_type: str, **options: Any) -> dict[str, Any]:
     """One built-in sample event."""
     spec = SampleSpec(subscription_type=subscription_type, **options)
-    return sender.build_event(spec, event_id=123456789, occurred_at=1, rng=random.Random(7))
+    return samples.build_event(spec, event_id=123456789, occurred_at=1, rng=random.Random(7))
 
 
 def test_creation_is_flagged_new_and_carries_only_common_fields() -> None:
@@ -318,8 +320,8 @@ def test_conversation_new_message_names_the_message() -> None:
 
 def test_event_ids_are_unique_9_to_10_digit_numbers_and_new_every_run() -> None:
     spec = SampleSpec(subscription_type="contact.creation")
-    first = sender.build_events(spec, 500, rng=random.Random())
-    second = sender.build_events(spec, 500, rng=random.Random())
+    first = samples.build_events(spec, 500, rng=random.Random())
+    second = samples.build_events(spec, 500, rng=random.Random())
     ids = [e["eventId"] for e in first]
     assert len(set(ids)) == 500
     assert all(100_000_000 <= i < 10_000_000_000 for i in ids)
@@ -338,20 +340,20 @@ def test_subscription_id_is_stable_per_subscription() -> None:
 
 def test_object_id_is_fixed_when_given() -> None:
     spec = SampleSpec(subscription_type="contact.creation", object_id=42, portal_id=7)
-    events = sender.build_events(spec, 5, rng=random.Random(3))
+    events = samples.build_events(spec, 5, rng=random.Random(3))
     assert {(e["objectId"], e["portalId"]) for e in events} == {(42, 7)}
 
 
 def test_duplicates_are_identical_re_sends_that_follow_their_original() -> None:
     rng = random.Random(11)
-    originals = sender.build_events(SampleSpec(), 50, rng=rng)
+    originals = samples.build_events(SampleSpec(), 50, rng=rng)
     sent = sender.with_duplicates(originals, 30, rng)
     assert len(sent) == 80
     first_seen: dict[int, int] = {}
     for position, event in enumerate(sent):
         first_seen.setdefault(event["eventId"], position)
         original = next(o for o in originals if o["eventId"] == event["eventId"])
-        assert sender.encode_batch([event]) == sender.encode_batch([original])
+        assert delivery.encode_batch([event]) == delivery.encode_batch([original])
     # The originals keep their order; every re-send comes after its first copy.
     assert [e["eventId"] for e in originals] == sorted(first_seen, key=first_seen.__getitem__)
 
@@ -361,10 +363,10 @@ def test_duplicates_are_identical_re_sends_that_follow_their_original() -> None:
 
 def test_signatures_verify_with_our_verifier_and_the_official_sdk() -> None:
     url = "http://127.0.0.1:8000/webhooks/hubspot?portal=62515&source=send"
-    body = sender.encode_batch([sample("contact.propertyChange", property_value="Zoë")])
+    body = delivery.encode_batch([sample("contact.propertyChange", property_value="Zoë")])
     assert b'"propertyValue":"Zo\\u00eb"' in body  # escaped, as HubSpot's bodies can be
     timestamp_ms = int(time.time() * 1000)
-    headers = sender.signed_headers(
+    headers = delivery.signed_headers(
         secret=CLIENT_SECRET, url=url, body=body, timestamp_ms=timestamp_ms
     )
     assert headers["Content-Type"] == "application/json"
@@ -403,11 +405,11 @@ def test_signatures_verify_with_our_verifier_and_the_official_sdk() -> None:
 
 def test_the_signed_uri_is_the_url_as_it_goes_on_the_wire() -> None:
     assert (
-        sender.signing_uri("http://127.0.0.1:80/webhooks/hubspot?a=b c")
+        delivery.signing_uri("http://127.0.0.1:80/webhooks/hubspot?a=b c")
         == "http://127.0.0.1/webhooks/hubspot?a=b%20c"
     )
     ngrok = "https://abc.ngrok.app/webhooks/hubspot?x=%3A"
-    assert sender.signing_uri(ngrok) == ngrok
+    assert delivery.signing_uri(ngrok) == ngrok
 
 
 # --- the command against a receiver ----------------------------------------------------------
@@ -432,7 +434,7 @@ def test_send_posts_one_signed_event_that_the_receiver_stores(
     [event] = request.events()
     assert event["subscriptionType"] == "contact.creation"
     # The bytes signed are the bytes sent, in HubSpot's compact form.
-    assert request.body == sender.encode_batch([event])
+    assert request.body == delivery.encode_batch([event])
     assert request.headers["x-hubspot-signature-v3"] == Signature.get_signature(
         CLIENT_SECRET,
         request.body.decode(),
@@ -558,7 +560,7 @@ def test_dev_secret_file_and_port_are_used_when_nothing_else_is_given(
     env: Path,
 ) -> None:
     env.mkdir()
-    (env / cli.DEV_SECRET_FILE).write_text("dev-secret-from-data-dir\n")
+    (env / DEV_SECRET_FILE).write_text("dev-secret-from-data-dir\n")
     receiver.secret = "dev-secret-from-data-dir"
     monkeypatch.setenv("PORT", str(receiver.port))
     code, out, _ = send(capsys, "company.creation")

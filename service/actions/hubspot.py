@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.actions import ActionFailed, ActionRejected, Outcome, RunContext
-from service.events import CLASSIC_TYPES, TYPE_BY_ID
+from service.events import CLASSIC_TYPES, TASK_PRIORITIES, TYPE_BY_ID
 from service.hubspot.client import HubSpotError, HubSpotUnavailable
 
 # HUBSPOT_DEFINED association type ids from an engagement to the record it sits on
@@ -32,7 +32,6 @@ ASSOCIATION_TYPE_IDS: Mapping[tuple[str, str], int] = {
     ("notes", "deals"): 214,
     ("notes", "tickets"): 228,
 }
-PRIORITIES = ("LOW", "MEDIUM", "HIGH")
 NOTE_BODY_MAX = 65_536  # characters HubSpot accepts in hs_note_body
 
 
@@ -78,7 +77,7 @@ def create_task(ctx: RunContext) -> Outcome:
     """Create a NOT_STARTED task, due at `due_at_ms`, on the record; 'created task <id>'."""
     payload = ctx.payload
     priority = str(payload.get("priority") or "MEDIUM").upper()
-    if priority not in PRIORITIES:
+    if priority not in TASK_PRIORITIES:
         raise ActionRejected(f"task priority must be LOW, MEDIUM or HIGH, not {priority[:20]!r}")
     properties = {
         "hs_task_subject": _text(payload, "subject"),

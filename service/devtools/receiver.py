@@ -1,7 +1,8 @@
-"""A local receiver for the `webhook` action: verifies Standard Webhooks signatures and prints.
+"""`hubspot-webhooks receiver`: a local endpoint for the `webhook` action.
 
-For trying rules out (`hubspot-webhooks receiver`), not for production: it keeps the ids it
-has seen in memory to show that retries of one run arrive with the same `webhook-id`.
+It verifies Standard Webhooks signatures and prints each delivery. For trying rules out, not for
+production: it keeps the ids it has seen in memory to show that retries of one run arrive with
+the same `webhook-id`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.actions.webhook import sign
+from service.logs import configure_logging
+from service.settings import Settings
 
 TOLERANCE_SECONDS = 300
+RECEIVER_SECRET_FILE = "receiver-secret"  # noqa: S105 - a file name, not a secret
 
 
 def new_secret() -> str:
@@ -44,8 +48,9 @@ def create_receiver(secret: str, out: TextIO = sys.stdout) -> Starlette:
         if abs(time.time() - int(timestamp)) > TOLERANCE_SECONDS:
             print(f"rejected {msg_id}: timestamp outside 5 minutes", file=out)
             return JSONResponse({"error": "stale_timestamp"}, status_code=400)
-        expected = sign(secret, msg_id, int(timestamp), body)
-        if not any(hmac.compare_digest(expected, g) for g in given):
+        expected = sign(secret, msg_id, int(timestamp), body).encode()
+        # As bytes: compare_digest refuses non-ASCII text, and a header may carry any.
+        if not any(hmac.compare_digest(expected, g.encode()) for g in given):
             print(f"rejected {msg_id}: bad signature", file=out)
             return JSONResponse({"error": "bad_signature"}, status_code=401)
         repeat = " (a retry of a delivery already received)" if msg_id in seen else ""
@@ -54,7 +59,11 @@ def create_receiver(secret: str, out: TextIO = sys.stdout) -> Starlette:
             envelope = json.loads(body)
         except ValueError:
             envelope = {}
-        event = envelope.get("event") or {}
+        if not isinstance(envelope, dict):
+            envelope = {}  # signed, so delivered; just not shaped like the webhook action's body
+        event = envelope.get("event")
+        if not isinstance(event, dict):
+            event = {}
         print(
             f"verified delivery {msg_id}{repeat}: rule {envelope.get('rule')!r},"
             f" {envelope.get('type')} {event.get('object_type')}:{event.get('object_id')}"
@@ -65,3 +74,25 @@ def create_receiver(secret: str, out: TextIO = sys.stdout) -> Starlette:
         return Response(status_code=204)
 
     return Starlette(routes=[Route("/{path:path}", receive, methods=["POST"])])
+
+
+def serve(port: int, secret: str | None, settings: Settings) -> int:
+    """Receive deliveries on 127.0.0.1:`port` until interrupted; exit code 0.
+
+    Without `secret`, uses the one in DATA_DIR/receiver-secret, created once (mode 0600) and
+    never printed.
+    """
+    import uvicorn
+
+    configure_logging("WARNING", "console")
+    if secret is None:
+        path = settings.data_dir / RECEIVER_SECRET_FILE
+        if not path.is_file():
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(new_secret())
+        secret = path.read_text().strip()
+        sys.stderr.write(f"secret: in {path} (never printed)\n")
+    sys.stderr.write(f"receiving signed deliveries on http://127.0.0.1:{port}/\n")
+    uvicorn.run(create_receiver(secret), host="127.0.0.1", port=port, log_config=None)
+    return 0

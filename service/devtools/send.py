@@ -1,8 +1,8 @@
 """`hubspot-webhooks send`: sign and POST HubSpot-shaped webhook batches to a receiver.
 
-For local and ngrok testing, and for checking a deployment. The requests carry what HubSpot's
-carry (HUBSPOT.md §1, §2): a compact JSON array of events, a v3 signature with its timestamp,
-and a v1 signature, so a receiver cannot tell them from HubSpot's own.
+For local and ngrok testing, and for checking a deployment. This module is the command: its
+options, the events files it reads and writes, and the plan of what to send; the events come
+from service.devtools.samples (or a file) and go out through service.devtools.delivery.
 """
 
 from __future__ import annotations
@@ -13,263 +13,54 @@ import random
 import re
 import sys
 import textwrap
-import threading
-import time
-import zlib
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import httpx
 
-from service.settings import Settings, SettingsError
-from service.signature import sign_v1, sign_v3
+from service.devtools.delivery import (
+    Outcome,
+    describe_outcome,
+    encode_batch,
+    post_batches,
+    summarize,
+)
+from service.devtools.samples import (
+    DEFAULT_APP_ID,
+    DEFAULT_CHANGE_SOURCE,
+    DEFAULT_PORTAL_ID,
+    PREFIX_BY_TYPE_ID,
+    SAMPLE_TYPES,
+    RawEvent,
+    SampleSpec,
+    build_events,
+)
+from service.settings import WEBHOOK_PATH, Settings, SettingsError, dev_client_secret
 
 __all__ = [
-    "Outcome",
-    "SampleSpec",
     "SendError",
     "add_arguments",
-    "build_event",
-    "build_events",
-    "describe_outcome",
-    "encode_batch",
     "load_events",
-    "post_batches",
-    "run",
+    "main",
     "save_events",
     "send",
-    "signed_headers",
-    "signing_uri",
-    "summarize",
     "with_duplicates",
 ]
 
-Event = dict[str, Any]
-
-WEBHOOK_PATH = "/webhooks/hubspot"  # the route in service.web.app
 MAX_BATCH = 100  # HubSpot sends at most 100 events per request (HUBSPOT.md §3)
-HUBSPOT_RESPONSE_SECONDS = 5.0  # HubSpot waits 5 s for the answer, then counts a failure
-DEFAULT_PORTAL_ID = 62515  # the portal of HubSpot's documentation samples
-DEFAULT_APP_ID = 54321
-DEFAULT_CHANGE_SOURCE = "CRM_UI"
-USER_AGENT = "hubspot-webhooks-send/0.1"
-
-# The built-in samples named in --help; any other <object>.<kind> works too.
-SAMPLE_TYPES = (
-    "contact.creation",
-    "contact.propertyChange",
-    "contact.deletion",
-    "contact.restore",
-    "contact.merge",
-    "contact.associationChange",
-    "contact.privacyDeletion",
-    "company.creation",
-    "company.propertyChange",
-    "deal.creation",
-    "deal.propertyChange",
-    "ticket.creation",
-    "conversation.newMessage",
-    "object.creation",
-    "object.propertyChange",
-    "object.associationChange",
-)
-
-# Generic (object.*) events name their object type by id (HUBSPOT.md §2).
-OBJECT_TYPE_IDS: Mapping[str, str] = {
-    "contact": "0-1",
-    "company": "0-2",
-    "deal": "0-3",
-    "ticket": "0-5",
-    "product": "0-7",
-    "line_item": "0-8",
-}
-_OBJECT_NAMES = {type_id: name for name, type_id in OBJECT_TYPE_IDS.items()}
-
-# What a propertyChange sample changes when --property/--value are not given.
-DEFAULT_PROPERTIES: Mapping[str, tuple[str, str]] = {
-    "contact": ("lifecyclestage", "customer"),
-    "company": ("lifecyclestage", "customer"),
-    "deal": ("dealstage", "closedwon"),
-    "ticket": ("hs_pipeline_stage", "4"),  # "Closed" in the default ticket pipeline
-    "product": ("price", "100"),
-    "line_item": ("quantity", "2"),
-    "conversation": ("status", "CLOSED"),
-}
-_FALLBACK_PROPERTY = ("name", "Example")
-
-# The other end of a sample classic association (associationType FROM_TO_TO).
-_ASSOCIATION_PARTNERS: Mapping[str, str] = {
-    "contact": "company",
-    "company": "contact",
-    "deal": "contact",
-    "ticket": "contact",
-    "line_item": "deal",
-    "product": "deal",
-}
-# The other end of a sample generic association: (toObjectTypeId, category, associationTypeId),
-# HubSpot-defined unlabeled association type ids.
-_GENERIC_ASSOCIATIONS: Mapping[str, tuple[str, str, int]] = {
-    "0-1": ("0-2", "HUBSPOT_DEFINED", 279),
-    "0-2": ("0-1", "HUBSPOT_DEFINED", 280),
-    "0-3": ("0-1", "HUBSPOT_DEFINED", 3),
-    "0-5": ("0-1", "HUBSPOT_DEFINED", 16),
-    "0-8": ("0-3", "HUBSPOT_DEFINED", 20),
-}
-_CUSTOM_ASSOCIATION = ("0-1", "USER_DEFINED", 1)
 
 _SUBSCRIPTION_TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*\.[A-Za-z]+")
 _OBJECT_TYPE_ID_RE = re.compile(r"[0-9]+-[0-9]+")
-_BODY_PREVIEW_CHARS = 1000
 
 
 class SendError(Exception):
     """The send options or the events file cannot be used; the message says which."""
 
 
-@dataclass(frozen=True, slots=True)
-class SampleSpec:
-    """What the built-in sample events look like; every field has a realistic default."""
-
-    subscription_type: str = "contact.creation"
-    portal_id: int = DEFAULT_PORTAL_ID
-    app_id: int = DEFAULT_APP_ID
-    object_id: int | None = None  # None: a random id per event
-    object_type_id: str = "0-1"  # object.* events only
-    property_name: str | None = None  # propertyChange only; None: the object's default
-    property_value: str | None = None
-    change_source: str = DEFAULT_CHANGE_SOURCE
-
-    @property
-    def object_name(self) -> str:
-        """The part before the dot: `contact`, `deal`, `object`, ..."""
-        return self.subscription_type.split(".", 1)[0]
-
-    @property
-    def kind(self) -> str:
-        """The part after the dot: `creation`, `propertyChange`, ..."""
-        return self.subscription_type.split(".", 1)[1]
-
-    @property
-    def is_generic(self) -> bool:
-        """Whether this is a generic `object.*` subscription (object type in objectTypeId)."""
-        return self.object_name == "object"
-
-    def property_change(self) -> tuple[str, str]:
-        """The (propertyName, propertyValue) of a propertyChange sample."""
-        name = self.object_name
-        if self.is_generic:
-            name = _OBJECT_NAMES.get(self.object_type_id, "")
-        default_name, default_value = DEFAULT_PROPERTIES.get(name, _FALLBACK_PROPERTY)
-        property_name = default_name if self.property_name is None else self.property_name
-        if self.property_value is not None:
-            return property_name, self.property_value
-        if property_name == default_name:
-            return property_name, default_value
-        return property_name, _FALLBACK_PROPERTY[1]
-
-    def subscription_id(self) -> int:
-        """A stable subscription id for this subscription: same type and property, same id."""
-        parts = [str(self.app_id), self.subscription_type]
-        if self.is_generic:
-            parts.append(self.object_type_id)
-        if self.kind == "propertyChange":
-            parts.append(self.property_change()[0])
-        return 1_000_000 + zlib.crc32(":".join(parts).encode()) % 9_000_000
-
-
-def _random_object_id(rng: random.Random) -> int:
-    return rng.randrange(10_000, 100_000_000_000)
-
-
-def build_event(spec: SampleSpec, *, event_id: int, occurred_at: int, rng: random.Random) -> Event:
-    """One event as HubSpot sends it for `spec.subscription_type` (HUBSPOT.md §2)."""
-    object_id = spec.object_id if spec.object_id is not None else _random_object_id(rng)
-    event: Event = {
-        "eventId": event_id,
-        "subscriptionId": spec.subscription_id(),
-        "portalId": spec.portal_id,
-        "appId": spec.app_id,
-        "occurredAt": occurred_at,
-        "subscriptionType": spec.subscription_type,
-        "attemptNumber": 0,
-    }
-    kind = spec.kind
-    if kind == "associationChange":
-        # Association events name both ends instead of an objectId (and, when generic, both
-        # object types instead of objectTypeId).
-        event["changeSource"] = spec.change_source
-        event.update(_association_fields(spec, object_id, rng))
-        return event
-    event["objectId"] = object_id
-    if spec.is_generic:
-        event["objectTypeId"] = spec.object_type_id
-    event["changeSource"] = spec.change_source
-    if kind == "creation":
-        event["changeFlag"] = "NEW"
-    elif kind == "propertyChange":
-        event["propertyName"], event["propertyValue"] = spec.property_change()
-        if spec.change_source == "CRM_UI":
-            event["sourceId"] = f"userId:{rng.randrange(10_000_000, 1_000_000_000)}"
-    elif kind == "merge":
-        merged = _random_object_id(rng)
-        while merged == object_id:
-            merged = _random_object_id(rng)
-        event["primaryObjectId"] = object_id
-        event["mergedObjectIds"] = [merged]
-        event["newObjectId"] = object_id
-        event["numberOfPropertiesMoved"] = rng.randint(1, 40)
-    elif kind == "newMessage":
-        event["messageId"] = rng.randbytes(16).hex()
-        event["messageType"] = "MESSAGE"
-    return event
-
-
-def _association_fields(spec: SampleSpec, from_id: int, rng: random.Random) -> Event:
-    to_id = _random_object_id(rng)
-    if spec.is_generic:
-        to_type, category, type_id = _GENERIC_ASSOCIATIONS.get(
-            spec.object_type_id, _CUSTOM_ASSOCIATION
-        )
-        return {
-            "fromObjectTypeId": spec.object_type_id,
-            "fromObjectId": from_id,
-            "toObjectTypeId": to_type,
-            "toObjectId": to_id,
-            "associationTypeId": type_id,
-            "associationCategory": category,
-            "associationRemoved": False,
-            "isPrimaryAssociation": False,
-        }
-    partner = _ASSOCIATION_PARTNERS.get(spec.object_name, "contact")
-    return {
-        "associationType": f"{spec.object_name.upper()}_TO_{partner.upper()}",
-        "fromObjectId": from_id,
-        "toObjectId": to_id,
-        "associationRemoved": False,
-        "isPrimaryAssociation": False,
-    }
-
-
-def build_events(
-    spec: SampleSpec, count: int, *, rng: random.Random, now_ms: int | None = None
-) -> list[Event]:
-    """`count` distinct sample events, with random 9-10 digit eventIds unique in the run."""
-    occurred_at = int(time.time() * 1000) if now_ms is None else now_ms
-    seen: set[int] = set()
-    events: list[Event] = []
-    while len(events) < count:
-        event_id = rng.randrange(100_000_000, 10_000_000_000)
-        if event_id in seen:
-            continue
-        seen.add(event_id)
-        events.append(build_event(spec, event_id=event_id, occurred_at=occurred_at, rng=rng))
-    return events
-
-
-def with_duplicates(events: Sequence[Event], duplicates: int, rng: random.Random) -> list[Event]:
+def with_duplicates(
+    events: Sequence[RawEvent], duplicates: int, rng: random.Random
+) -> list[RawEvent]:
     """`events` plus `duplicates` exact re-sends of random ones, each somewhere after its original.
 
     The originals keep their order; a re-send is the identical event (same eventId, occurredAt
@@ -287,16 +78,7 @@ def with_duplicates(events: Sequence[Event], duplicates: int, rng: random.Random
     return [event for _, event in keyed]
 
 
-def encode_batch(events: Sequence[Event]) -> bytes:
-    """The request body: a compact JSON array with non-ASCII as `\\u` escapes.
-
-    HubSpot's bodies carry such escapes (HUBSPOT.md §1), which catches a receiver that hashes a
-    re-serialised body instead of the raw bytes.
-    """
-    return json.dumps(list(events), separators=(",", ":")).encode()
-
-
-def load_events(path: Path) -> list[Event]:
+def load_events(path: Path) -> list[RawEvent]:
     """The events in a JSON file holding an array of event objects, or one event object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -313,210 +95,12 @@ def load_events(path: Path) -> list[Event]:
     return data
 
 
-def save_events(path: Path, events: Sequence[Event]) -> None:
+def save_events(path: Path, events: Sequence[RawEvent]) -> None:
     """Write `events` as a JSON array that `--file` sends again unchanged."""
     try:
         path.write_text(json.dumps(list(events), indent=2, ensure_ascii=False) + "\n")
     except OSError as exc:
         raise SendError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-def signing_uri(url: str) -> str:
-    """The URI that enters the v3 message: the target URL exactly as it goes on the wire."""
-    # httpx normalises the URL it sends (default port dropped, spaces percent-encoded): sign
-    # that form, the one the receiver rebuilds from the request line and Host header.
-    return str(httpx.URL(url))
-
-
-def signed_headers(*, secret: str, url: str, body: bytes, timestamp_ms: int) -> dict[str, str]:
-    """The headers HubSpot puts on a webhook POST of `body` to `url`: v3 and v1 signatures."""
-    timestamp = str(timestamp_ms)
-    return {
-        "Content-Type": "application/json",
-        "X-HubSpot-Signature-v3": sign_v3(secret, "POST", signing_uri(url), body, timestamp),
-        "X-HubSpot-Request-Timestamp": timestamp,
-        "X-HubSpot-Signature": sign_v1(secret, body),
-        "X-HubSpot-Signature-Version": "v1",
-    }
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What happened to one request: a response, an error, or not sent at all."""
-
-    index: int
-    events: int
-    status: int | None = None
-    body: str = ""
-    location: str | None = None
-    error: str | None = None
-    unreachable: bool = False
-    elapsed_ms: float = 0.0
-    skipped: bool = False
-    reported: Mapping[str, int] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """Whether the receiver answered 2xx."""
-        return self.status is not None and 200 <= self.status < 300
-
-
-def _reported_counts(body: str) -> dict[str, int]:
-    """`stored` and `duplicates` from a receiver answering like service.web.app, else nothing."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    counts = {k: data.get(k) for k in ("stored", "duplicates")}
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts.values()):
-        return {}
-    return {k: int(v) for k, v in counts.items() if isinstance(v, int)}
-
-
-def post_batches(
-    *,
-    url: str,
-    secret: str,
-    bodies: Sequence[tuple[bytes, int]],
-    concurrency: int,
-    timeout: float,
-    on_outcome: Callable[[Outcome], None],
-) -> list[Outcome]:
-    """POST each (body, event count), signed at send time, `concurrency` at a time.
-
-    `on_outcome` is called on this thread as each request finishes. After a connection error
-    the requests not yet started are skipped: the receiver is not there.
-    """
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    client_timeout = httpx.Timeout(timeout, connect=min(timeout, 5.0))
-    outcomes: list[Outcome] = []
-    with (
-        httpx.Client(
-            timeout=client_timeout, limits=limits, headers={"User-Agent": USER_AGENT}
-        ) as client,
-        ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send") as pool,
-    ):
-        poster = _Poster(client=client, url=url, secret=secret, timeout=timeout)
-        futures = [
-            pool.submit(poster.post, index, body, count)
-            for index, (body, count) in enumerate(bodies, start=1)
-        ]
-        try:
-            for future in as_completed(futures):
-                outcome = future.result()
-                outcomes.append(outcome)
-                on_outcome(outcome)
-        except BaseException:
-            # Ctrl-C: let the requests in flight finish, start no more.
-            poster.stop.set()
-            for future in futures:
-                future.cancel()
-            raise
-    return sorted(outcomes, key=lambda o: o.index)
-
-
-@dataclass
-class _Poster:
-    """Signs and sends one request at a time; shared by the worker threads."""
-
-    client: httpx.Client
-    url: str
-    secret: str
-    timeout: float
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def post(self, index: int, body: bytes, events: int) -> Outcome:
-        """Sign `body` now (fresh timestamp) and POST it; never raises for network errors."""
-        if self.stop.is_set():
-            return Outcome(index=index, events=events, skipped=True)
-        headers = signed_headers(
-            secret=self.secret, url=self.url, body=body, timestamp_ms=int(time.time() * 1000)
-        )
-        started = time.perf_counter()
-        try:
-            response = self.client.post(self.url, content=body, headers=headers)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            # Nobody is listening: skip the requests not started yet.
-            self.stop.set()
-            error = f"cannot connect to {self.url}: {_describe(exc)}"
-            return Outcome(index=index, events=events, error=error, unreachable=True)
-        except httpx.TimeoutException:
-            error = f"no response within {self.timeout:g} s"
-            return Outcome(index=index, events=events, error=error)
-        except httpx.HTTPError as exc:
-            error = f"request failed: {_describe(exc)}"
-            return Outcome(index=index, events=events, error=error)
-        return Outcome(
-            index=index,
-            events=events,
-            status=response.status_code,
-            body=response.text,
-            location=response.headers.get("location"),
-            elapsed_ms=(time.perf_counter() - started) * 1000,
-            reported=_reported_counts(response.text),
-        )
-
-
-def _describe(exc: Exception) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def describe_outcome(outcome: Outcome, total: int) -> str:
-    """One line about one request: status, time and body, or the error."""
-    head = f"[{outcome.index}/{total}]"
-    if outcome.skipped:
-        return f"{head} not sent ({outcome.events} events): the receiver could not be reached"
-    if outcome.status is None:
-        return f"{head} failed ({outcome.events} events): {outcome.error}"
-    body = outcome.body.strip()
-    if len(body) > _BODY_PREVIEW_CHARS:
-        body = body[:_BODY_PREVIEW_CHARS] + "..."
-    line = f"{head} {outcome.status} in {outcome.elapsed_ms:.0f} ms ({outcome.events} events)"
-    line = f"{line}: {body}" if body else line
-    if outcome.location is not None and 300 <= outcome.status < 400:
-        line = f"{line}\n      redirected to {outcome.location}: send to that URL instead"
-    if outcome.elapsed_ms > HUBSPOT_RESPONSE_SECONDS * 1000:
-        line = f"{line}\n      slower than HubSpot's 5 s limit: HubSpot would retry this batch"
-    return line
-
-
-def summarize(outcomes: Sequence[Outcome]) -> tuple[str, int]:
-    """The closing summary and the exit code: 0 only when every request was answered 2xx."""
-    attempted = [o for o in outcomes if not o.skipped]
-    answered = [o for o in attempted if o.ok]
-    failed = [o for o in attempted if not o.ok]
-    skipped = [o for o in outcomes if o.skipped]
-    events = sum(o.events for o in attempted)
-    parts: list[str] = []
-    counted = bool(answered) and all(o.reported for o in answered)
-    stored = sum(o.reported.get("stored", 0) for o in answered)
-    duplicates = sum(o.reported.get("duplicates", 0) for o in answered)
-    if counted:
-        parts.append(
-            f"stored {stored}, duplicates {duplicates}"
-            + (" (already stored)" if duplicates else "")
-        )
-    elif answered:
-        parts.append(f"{len(answered)} answered 2xx (the receiver did not report what it stored)")
-    if failed:
-        lost = sum(o.events for o in failed)
-        parts.append(f"{len(failed)} failed ({lost} events not confirmed stored)")
-    if skipped:
-        parts.append(f"{len(skipped)} not sent ({sum(o.events for o in skipped)} events)")
-    text = f"sent {events} events in {len(attempted)} requests: " + "; ".join(parts)
-    if counted and stored == 0 and not failed and not skipped:
-        text += "\nnothing new stored: the receiver already had every event"
-    if any(o.unreachable for o in failed):
-        text += "\nis the receiver running? Start it with `hubspot-webhooks dev`, or pass --url."
-    if any(o.status == 401 for o in failed):
-        text += (
-            "\n401: the receiver rejected the signature. The secret must be its"
-            " HUBSPOT_CLIENT_SECRET, and --url the URL it believes it is (WEBHOOK_PUBLIC_URL)."
-        )
-    return text, 0 if outcomes and not failed and not skipped else 1
 
 
 # --- the command line ---------------------------------------------------------------------
@@ -606,9 +190,10 @@ def _subscription_type(value: str) -> str:
 def _object_type(value: str) -> str:
     if _OBJECT_TYPE_ID_RE.fullmatch(value):
         return value
-    if value.lower() in OBJECT_TYPE_IDS:
-        return OBJECT_TYPE_IDS[value.lower()]
-    names = ", ".join(OBJECT_TYPE_IDS)
+    for type_id, prefix in PREFIX_BY_TYPE_ID.items():
+        if value.lower() == prefix:
+            return type_id
+    names = ", ".join(PREFIX_BY_TYPE_ID.values())
     raise argparse.ArgumentTypeError(f"expected an objectTypeId such as 0-3, or one of {names}")
 
 
@@ -754,7 +339,7 @@ _SAMPLE_OPTIONS = (
 )
 
 
-def _plan(args: argparse.Namespace, rng: random.Random) -> tuple[list[Event], int]:
+def _plan(args: argparse.Namespace, rng: random.Random) -> tuple[list[RawEvent], int]:
     """The distinct events to send and how many exact re-sends to add."""
     rate: float = args.duplicate_rate
     if args.file is not None:
@@ -789,8 +374,16 @@ def _secret(args: argparse.Namespace, settings: Settings) -> str:
     )
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    """`hubspot-webhooks send`: build or load events, sign, POST, print, summarise."""
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    """`hubspot-webhooks send`, as the CLI calls it.
+
+    Without --secret or HUBSPOT_CLIENT_SECRET it signs with the `dev` command's secret in
+    DATA_DIR, when there is one (it never creates it).
+    """
+    if args.secret is None and not settings.client_secrets:
+        local = dev_client_secret(settings.data_dir, create=False)
+        if local is not None:
+            settings = settings.with_overrides(client_secrets=(local,))
     return send(args, settings, out=sys.stdout, err=sys.stderr, rng=random.SystemRandom())
 
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from service import fetches, mirror
+from service import fetches
 from service.hubspot.client import HubSpotApi, HubSpotError, NoToken
+from service.mirror.snapshots import Snapshot, apply_snapshots
 from service.settings import DEFAULT_MIRROR_PROPERTIES
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,12 @@ def properties_for(
 def complete(
     connection: sa.Connection,
     claimed: fetches.Claim,
-    snapshots: Sequence[mirror.Snapshot],
+    snapshots: Sequence[Snapshot],
     missing: Sequence[int],
     fetched_at_ms: int,
 ) -> None:
     """Apply the snapshots; drop the requests not asked for again since the claim."""
-    mirror.apply_snapshots(
+    apply_snapshots(
         connection,
         claimed.portal_id,
         claimed.object_type,
@@ -113,7 +114,7 @@ class Hydrator:
             return len(claimed.ids)
         fetched_at_ms = int(time.time() * 1000)
         snapshots = [
-            mirror.Snapshot(r.id, r.properties, r.updated_at_ms or fetched_at_ms) for r in records
+            Snapshot(r.id, r.properties, r.updated_at_ms or fetched_at_ms) for r in records
         ]
         self.flush()  # one write at a time, in order; raises if the previous one failed
         if not self.pipelined:
@@ -139,7 +140,7 @@ class Hydrator:
     def _write(
         self,
         claimed: fetches.Claim,
-        snapshots: list[mirror.Snapshot],
+        snapshots: list[Snapshot],
         missing: list[int],
         fetched_at_ms: int,
     ) -> None:

@@ -1,4 +1,4 @@
-"""A sliding-window rate limit per portal, shared by every worker through Postgres.
+"""A sliding-window rate limit per portal, shared through Postgres; sole writer of `rate_limits`.
 
 HubSpot counts calls per app and account in a rolling 10-second window (HUBSPOT.md §4), and the
 search API separately per second. Each (portal, bucket) row holds the start times of the calls

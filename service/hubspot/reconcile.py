@@ -18,10 +18,10 @@ from typing import Any, TextIO
 
 import sqlalchemy as sa
 
-from service import mirror
 from service.db import utcnow
 from service.hubspot.client import HubSpotApi, Record, last_modified_property, ms_of
 from service.hubspot.hydration import properties_for
+from service.mirror.snapshots import Snapshot, apply_snapshots
 
 log = logging.getLogger(__name__)
 
@@ -165,12 +165,10 @@ def reconcile(
         summary.records += len(page.records)
         last_ms = anchor
         if page.records:
-            snapshots = [mirror.Snapshot(r.id, r.properties, _ms_of(r, prop)) for r in page.records]
+            snapshots = [Snapshot(r.id, r.properties, _ms_of(r, prop)) for r in page.records]
             last_ms = max(s.updated_at_ms for s in snapshots)
             with engine.begin() as connection:
-                summary.changed += mirror.apply_snapshots(
-                    connection, portal_id, object_type, snapshots
-                )
+                summary.changed += apply_snapshots(connection, portal_id, object_type, snapshots)
                 connection.execute(
                     sa.text(
                         "UPDATE reconcile_checkpoints SET cursor_ms = greatest(cursor_ms, :c),"

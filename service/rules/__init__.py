@@ -1,1 +1,2 @@
-"""Rules: the rule language, the engine that enqueues action runs, the handler registry."""
+"""Rules: the rule language (with its checks and templates), the engine that enqueues action
+runs, and the handler registry."""

@@ -1,15 +1,13 @@
-"""Fire rules inside the apply transaction: one action_runs row per (event, rule, action).
-
-The rows are the outbox: unique on (event, rule, action), so replaying an event never fires
-twice, and written in the transaction that applies the event, so a crash loses no firing and
-invents none. A property-change rule fires only for the change that is now the record's value
-(an older change arriving late does not re-announce the past); `from` conditions see the
-mirror's value before the event, worked out for the whole batch before the mirror moves.
-"""
+"""Fire rules inside the apply transaction: one action_runs row per (event, rule, action),
+enqueued through `service.outbox`. The rows are unique on (event, rule, action), so replaying an
+event never fires twice, and written in the transaction that applies the event, so a crash
+loses no firing and invents none. A property-change rule fires only for the change that is now
+the record's value (an older change arriving late does not re-announce the past); `from`
+conditions see the mirror's value before the event, worked out for the whole batch before the
+mirror moves."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,8 +16,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from service import outbox
+from service.db import json_rows
 from service.events import Event, Kind
-from service.rules.language import Action, Rule, RuleError, load_rules_file, render, render_any
+from service.rules.language import Action, Rule, RuleError, load_rules_file
+from service.rules.templates import render, render_any
 from service.settings import Settings
 
 PropertyKey = tuple[int, str, int, str]  # portal, object type, object id, property
@@ -301,7 +301,7 @@ def _by_keys(
     connection: sa.Connection, table: str, columns: str, keys: set[tuple[int, str, int]]
 ) -> Sequence[Any]:
     """Rows of a table keyed (portal_id, object_type, object_id), for these keys, in one query."""
-    rows = json.dumps([{"p": p, "t": t, "o": o} for p, t, o in sorted(keys)])
+    rows = json_rows({"p": p, "t": t, "o": o} for p, t, o in sorted(keys))
     return connection.execute(
         sa.text(
             f"SELECT x.portal_id, x.object_type, x.object_id, {columns} FROM {table} x"

@@ -1,55 +1,30 @@
-"""Rules: when an event matches, do actions. Declared in TOML (RULES_FILE) or in code.
-
-    [[rules]]
-    name = "deal-won"
-    [rules.when]
-    object = "deals"
-    kind = "property_change"
-    property = "dealstage"
-    to = "Closed Won"                 # equals / in / from / to / above / below
-    exclude_change_sources = ["IMPORT"]
-    [[rules.do]]
-    action = "slack"
-    text = "Won: {record.dealname} ({record.amount|money})"
-
-Templates are filled by a small formatter, never by code execution: `{event.<field>}` and
-`{record.<property>}`, with an optional filter (`|money`, `|upper`, `|lower`, `|default:x`).
-A missing field renders empty; `rules check` reports fields that cannot exist.
-"""
+"""The rule language: when an event matches a rule (object type, kind, property, a condition on
+the value, change sources), its actions run. Rules are declared in TOML (RULES_FILE, as in
+examples/rules.toml) or in code (`registry.rule`), and both are parsed here into the same
+frozen `Rule`; an invalid rule raises `RuleError` listing every problem with its file, line
+and fix. The checks are in `service.rules.checks`, the action templates in
+`service.rules.templates`."""
 
 from __future__ import annotations
 
 import math
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from service.events import CLASSIC_TYPES, TYPE_BY_ID, Event, Kind
-from service.settings import DEFAULT_MIRROR_PROPERTIES
+from service.rules.checks import (
+    Checker,
+    check_action_values,
+    check_templates,
+    line_from_message,
+    rule_starts,
+)
 
 ACTION_TYPES = ("slack", "webhook", "hubspot_task", "hubspot_note", "log")
-EVENT_FIELDS = frozenset(
-    {
-        "portal_id",
-        "object_type",
-        "object_id",
-        "kind",
-        "occurred_at",
-        "subscription_type",
-        "event_id",
-        "property_name",
-        "property_value",
-        "previous_value",
-        "change_source",
-        "source_id",
-    }
-)
-FILTERS = ("money", "upper", "lower", "default", "number")
-_TEMPLATE = re.compile(r"\{([a-z_]+)\.([A-Za-z0-9_]+)(?:\|([a-z_]+)(?::([^}]*))?)?\}")
 _WHEN_KEYS = frozenset(
     {
         "object",
@@ -86,7 +61,6 @@ _REQUIRED: Mapping[str, tuple[str, ...]] = {
     "hubspot_note": ("body",),
     "log": (),
 }
-PRIORITIES = ("LOW", "MEDIUM", "HIGH")
 
 
 class RuleError(Exception):
@@ -184,116 +158,21 @@ def _number(value: str | None) -> float | None:
     return number if math.isfinite(number) else None
 
 
-# --- templates -------------------------------------------------------------------------------
-
-
-def render(template: str, event: Event, record: Mapping[str, Any], previous: str | None) -> str:
-    """Fill `{event.x}` / `{record.y}` placeholders; unknown or missing fields render empty."""
-
-    def replace(match: re.Match[str]) -> str:
-        namespace, name, filt, arg = match.groups()
-        value: Any = None
-        if namespace == "event":
-            if name == "previous_value":
-                value = previous
-            elif name == "kind":
-                value = event.kind.value
-            elif name in EVENT_FIELDS:
-                value = getattr(event, name, None)
-        elif namespace == "record":
-            value = record.get(name)
-        return _apply_filter(value, filt, arg)
-
-    return _TEMPLATE.sub(replace, template)
-
-
-def render_any(value: Any, event: Event, record: Mapping[str, Any], previous: str | None) -> Any:
-    """Render every string inside a template value (Block Kit blocks are nested JSON)."""
-    if isinstance(value, str):
-        return render(value, event, record, previous)
-    if isinstance(value, list):
-        return [render_any(v, event, record, previous) for v in value]
-    if isinstance(value, dict):
-        return {k: render_any(v, event, record, previous) for k, v in value.items()}
-    return value
-
-
-def _apply_filter(value: Any, filt: str | None, arg: str | None) -> str:
-    text = "" if value is None else str(value)
-    if filt is None:
-        return text
-    if filt == "default":
-        return text or (arg or "")
-    if filt == "upper":
-        return text.upper()
-    if filt == "lower":
-        return text.lower()
-    if filt in ("money", "number"):
-        try:
-            amount = Decimal(text)
-        except InvalidOperation:
-            return text
-        # Not a plain amount (inf, nan, 1e100000): shown as it came, never blown up.
-        if not amount.is_finite() or abs(amount.adjusted()) > 18:
-            return text
-        if filt == "money":
-            return f"{amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,.2f}"
-        return f"{amount:,}"
-    return text
-
-
-def template_fields(value: Any) -> Iterable[tuple[str, str, str | None]]:
-    """Every (namespace, name, filter) placeholder in a template value."""
-    if isinstance(value, str):
-        for match in _TEMPLATE.finditer(value):
-            yield match.group(1), match.group(2), match.group(3)
-    elif isinstance(value, list):
-        for item in value:
-            yield from template_fields(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from template_fields(item)
-
-
-# --- loading and checking --------------------------------------------------------------------
-
 _KNOWN_OBJECTS = frozenset({"*", *CLASSIC_TYPES, *CLASSIC_TYPES.values(), *TYPE_BY_ID})
-_CUSTOM = re.compile(r"^[02]-[0-9]+$")
+_TYPE_ID = re.compile(r"^[02]-[0-9]+$")
 
 
-@dataclass
-class _Checker:
-    path: str
-    text: str
-    problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def line_of(self, needle: str, start: int = 1) -> int:
-        """The first line at or after `start` where `needle` is a key being set (`key =`), a
-        table header, or (for template fields) the text itself."""
-        if needle.startswith(("[", "{")):
-            pattern = re.compile(re.escape(needle))
-        else:
-            pattern = re.compile(rf"^\s*{re.escape(needle)}\s*=")
-        lines = self.text.splitlines()
-        for number in range(max(start, 1), len(lines) + 1):
-            if pattern.search(lines[number - 1]):
-                return number
-        return start
-
-    def error(self, line: int, message: str, hint: str) -> None:
-        where = f"{self.path}:{line}" if line else self.path
-        self.problems.append(f"{where}: {message} (fix: {hint})")
-
-    def warn(self, line: int, message: str) -> None:
-        self.warnings.append(f"{self.path}:{line}: warning: {message}")
+def is_object_type(name: str) -> bool:
+    """Whether rules and handlers may name this object type: a classic name in the singular or
+    plural, a type id (`0-3`, `2-12345`) or `*` for any."""
+    return name in _KNOWN_OBJECTS or _TYPE_ID.match(name) is not None
 
 
-_RULE_HEADER = re.compile(r"^\s*\[\[\s*rules\s*\]\]\s*(#.*)?$")
-
-
-def _rule_starts(text: str) -> list[int]:
-    return [n for n, line in enumerate(text.splitlines(), 1) if _RULE_HEADER.match(line)]
+def normalise_object_type(object_type: str) -> str:
+    """`contact`, `contacts` and `0-1` all name contacts; `2-NNN` and `*` are kept."""
+    if object_type in TYPE_BY_ID:
+        return TYPE_BY_ID[object_type]
+    return CLASSIC_TYPES.get(object_type, object_type)
 
 
 def load_rules_text(
@@ -303,11 +182,11 @@ def load_rules_text(
     stage_labels: Callable[[str], str | None] | None = None,
 ) -> tuple[list[Rule], list[str]]:
     """Parse and validate rules TOML; raise RuleError listing every problem. Returns warnings."""
-    checker = _Checker(path, text)
+    checker = Checker(path, text)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
+        line = getattr(exc, "lineno", None) or line_from_message(str(exc))
         raise RuleError(
             [f"{path}:{line}: not valid TOML: {exc} (fix: check quoting and brackets)"]
         ) from None
@@ -320,7 +199,7 @@ def load_rules_text(
     if not isinstance(raw_rules, list):
         checker.error(1, "`rules` must be an array of tables", "write each rule as [[rules]]")
         raise RuleError(checker.problems)
-    starts = [*_rule_starts(text), 10**9]
+    starts = [*rule_starts(text), 10**9]
     rules: list[Rule] = []
     names: dict[str, int] = {}
     for index, raw in enumerate(raw_rules):
@@ -342,13 +221,8 @@ def load_rules_text(
     return rules, checker.warnings
 
 
-def _line_from_message(message: str) -> int:
-    match = re.search(r"line (\d+)", message)
-    return int(match.group(1)) if match else 1
-
-
 def _parse_rule(  # noqa: PLR0912, PLR0915 - one check per field reads best as a flat list
-    checker: _Checker,
+    checker: Checker,
     raw: Any,
     line: int,
     stage_labels: Callable[[str], str | None] | None,
@@ -377,16 +251,14 @@ def _parse_rule(  # noqa: PLR0912, PLR0915 - one check per field reads best as a
             f"use one of {', '.join(sorted(_WHEN_KEYS))}",
         )
     object_type = when.get("object")
-    if not isinstance(object_type, str) or (
-        object_type not in _KNOWN_OBJECTS and not _CUSTOM.match(object_type)
-    ):
+    if not isinstance(object_type, str) or not is_object_type(object_type):
         checker.error(
             checker.line_of("object", wline),
             f"rule {name!r}: unknown object {object_type!r}",
             'use contacts, companies, deals, tickets, a type id like "2-12345", or "*"',
         )
         object_type = "*"
-    object_type = TYPE_BY_ID.get(object_type, CLASSIC_TYPES.get(object_type, object_type))
+    object_type = normalise_object_type(object_type)
     kind_raw = when.get("kind")
     try:
         kind = Kind(str(kind_raw))
@@ -493,7 +365,7 @@ def _parse_rule(  # noqa: PLR0912, PLR0915 - one check per field reads best as a
 
 
 def _parse_actions(
-    checker: _Checker, raw: Any, name: str, line: int, subject: tuple[str, Kind]
+    checker: Checker, raw: Any, name: str, line: int, subject: tuple[str, Kind]
 ) -> list[Action]:
     if not isinstance(raw, list) or not raw:
         checker.error(line, f"rule {name!r} does nothing", 'add [[rules.do]] with action = "log"')
@@ -526,95 +398,15 @@ def _parse_actions(
                 checker.error(
                     aline, f"rule {name!r}: {action_type} needs {key!r}", f"add {key} = ..."
                 )
-        _check_templates(checker, item, templated, aline, subject)
-        _check_specifics(checker, action_type, item, aline)
+        check_templates(checker, item, templated, aline, subject)
+        check_action_values(checker, action_type, item, aline)
         actions.append(Action(action_type, dict(item), aline))
     return actions
 
 
-def _check_templates(
-    checker: _Checker,
-    item: Mapping[str, Any],
-    templated: frozenset[str],
-    aline: int,
-    subject: tuple[str, Kind],
-) -> None:
-    object_type, kind = subject
-    for key in templated & set(item):
-        for namespace, field_name, filt in template_fields(item[key]):
-            fline = checker.line_of("{" + namespace + "." + field_name, aline)
-            if namespace not in ("event", "record"):
-                checker.error(
-                    fline,
-                    f"unknown template namespace {namespace!r}",
-                    "use {event.x} or {record.y}",
-                )
-            elif namespace == "event" and field_name not in EVENT_FIELDS:
-                checker.error(
-                    fline,
-                    f"event has no field {field_name!r}",
-                    f"use one of {', '.join(sorted(EVENT_FIELDS))}",
-                )
-            elif field_name == "previous_value" and kind is not Kind.PROPERTY_CHANGE:
-                checker.error(fline, "only property changes have a previous_value", "drop it")
-            elif namespace == "record" and not _may_be_mirrored(object_type, field_name):
-                checker.warn(
-                    fline,
-                    f"record.{field_name} is not among the properties fetched for {object_type};"
-                    " it renders empty unless a webhook carries it (add it to MIRROR_PROPERTIES)",
-                )
-            if filt is not None and filt not in FILTERS:
-                checker.error(fline, f"unknown filter {filt!r}", f"use one of {', '.join(FILTERS)}")
-
-
-def _may_be_mirrored(object_type: str, prop: str) -> bool:
-    if object_type not in DEFAULT_MIRROR_PROPERTIES:
-        return True  # custom and "*" rules: any property may exist
-    return prop in DEFAULT_MIRROR_PROPERTIES[object_type] or prop == "hs_object_id"
-
-
-def _check_specifics(
-    checker: _Checker, action_type: str, item: Mapping[str, Any], aline: int
-) -> None:
-    if action_type == "hubspot_task":
-        priority = item.get("priority", "MEDIUM")
-        if priority not in PRIORITIES:
-            checker.error(
-                checker.line_of("priority", aline), f"priority {priority!r}", "LOW, MEDIUM or HIGH"
-            )
-        due = item.get("due_in_days", 1)
-        if isinstance(due, bool) or not isinstance(due, int) or due < 0:
-            checker.error(
-                checker.line_of("due_in_days", aline),
-                "due_in_days must be a whole number >= 0",
-                "due_in_days = 1",
-            )
-    if action_type == "webhook":
-        if not str(item.get("secret", "")).startswith(("whsec_", "env:")):
-            checker.error(
-                checker.line_of("secret", aline),
-                "webhook secret must be whsec_... or env:VARIABLE",
-                'secret = "env:CRM_OPS_WEBHOOK_SECRET"',
-            )
-        if not str(item.get("url", "")).startswith(("http://", "https://", "env:")):
-            checker.error(
-                checker.line_of("url", aline),
-                "webhook url must be http(s) or env:VARIABLE",
-                'url = "https://..."',
-            )
-    if action_type == "slack" and not str(item.get("url", "env:")).startswith(
-        ("https://", "http://", "env:")
-    ):
-        checker.error(
-            checker.line_of("url", aline),
-            "slack url must be an http(s) URL or env:VARIABLE",
-            "or leave it out to use SLACK_WEBHOOK_URL",
-        )
-
-
 def rule_from_mapping(data: Mapping[str, Any], where: str) -> Rule:
     """Validate one rule given as a mapping (name, when, do), as code rules are declared."""
-    checker = _Checker(where, "")
+    checker = Checker(where, "")
     rule = _parse_rule(checker, dict(data), 0, None)
     if checker.problems or rule is None:
         raise RuleError(checker.problems or [f"{where}: invalid rule"])

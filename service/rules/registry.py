@@ -1,35 +1,27 @@
 """The handler registry: user code reacts to normalised events inside the apply transaction.
-
-    from service import Event, registry
-
-    @registry.on("deals", "property_change", prop="dealstage")
-    def deal_stage_changed(event: Event, session: Session) -> None: ...
-
-Handlers run after the built-in mirror has applied the event's batch, in the same transaction,
-each event in its own savepoint: a handler that raises fails only its event, which is retried.
-A typo fails at import, not in production: a duplicate key or an unknown kind raises there.
-"""
+Handler modules import it from `service` (`@registry.on("deals", "property_change",
+prop="dealstage")`, or `@registry.rule` for a rule in code). Handlers run after the built-in
+mirror has applied the event's batch, in the same transaction, each event in its own savepoint:
+a handler that raises fails only its event, which is retried. A typo fails at import, not in
+production: a duplicate key or an unknown kind raises there."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service.events import CLASSIC_TYPES, TYPE_BY_ID, Event, Kind
-from service.rules.language import Rule, rule_from_mapping
+from service.events import Event, Kind
+from service.rules.language import Rule, is_object_type, normalise_object_type, rule_from_mapping
 
 Handler = Callable[[Event, Session], None]
 Predicate = Callable[[Event], bool]
 HandlerKey = tuple[str, Kind, str | None]
 ANY_TYPE = "*"
-_TYPE_ID = re.compile(r"^[02]-[0-9]+$")
-_KNOWN_TYPES = frozenset({ANY_TYPE, *CLASSIC_TYPES, *CLASSIC_TYPES.values(), *TYPE_BY_ID})
 
 
 class DuplicateHandler(Exception):
@@ -60,13 +52,6 @@ def _caller() -> str:
     return f"{frame.filename}:{frame.lineno}"
 
 
-def normalise_object_type(object_type: str) -> str:
-    """`contact`, `contacts` and `0-1` all name contacts; `2-NNN` and `*` are kept."""
-    if object_type in TYPE_BY_ID:
-        return TYPE_BY_ID[object_type]
-    return CLASSIC_TYPES.get(object_type, object_type)
-
-
 class Registry:
     """Handlers by (object type, kind, optional property)."""
 
@@ -86,7 +71,7 @@ class Registry:
             raise UnknownKind(
                 f"unknown event kind {kind!r} at {place}; the kinds are: {kinds}"
             ) from None
-        if object_type not in _KNOWN_TYPES and not _TYPE_ID.match(object_type):
+        if not is_object_type(object_type):
             raise UnknownKind(
                 f"unknown object type {object_type!r} at {place}; use e.g. contacts, deals, "
                 "0-3, 2-12345 or * for any"

@@ -1,4 +1,4 @@
-"""The worker: claims due inbox rows and applies them; the one broad `except` boundary.
+"""The apply stage: claim due inbox rows, apply them to the mirror, fire rules, run handlers.
 
 Each batch is claimed with FOR UPDATE SKIP LOCKED and applied in the claiming transaction, so a
 crash anywhere rolls the whole batch back (nothing applied, rows still due) and several workers
@@ -12,22 +12,16 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import httpx
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from service import actions, db, inbox, mirror, outbox
+from service import inbox, mirror
 from service.events import Event, normalise
-from service.hubspot.client import HubSpotApi
 from service.rules.engine import Before, RuleEngine
-from service.rules.language import Rule
 from service.rules.registry import Registry, registry
-from service.settings import Settings
+from service.worker.loop import Wakeup, run_loop
 
 log = logging.getLogger(__name__)
 
@@ -96,41 +90,16 @@ class Worker:
 
         `stop` is only checked between batches: the current batch always finishes.
         """
-        listener: psycopg.Connection[object] | None = None
         log.info("worker_started", extra={"batch_size": self.batch_size})
-        while not stop.is_set():
-            try:
-                if listener is None:
-                    listener = self._listen()
-                if self.run_batch().claimed:
-                    continue
-                self._wait(listener, stop)
-            except Exception as exc:  # noqa: BLE001 - the worker must outlive database blips
-                # The type only: driver messages can quote row values (personal data).
-                log.error("worker_error", extra={"error": type(exc).__name__})
-                if listener is not None:
-                    listener.close()
-                    listener = None
-                stop.wait(min(self.poll_seconds, 5.0))
-        if listener is not None:
-            listener.close()
+        run_loop(
+            "apply",
+            lambda: self.run_batch().claimed,
+            stop,
+            idle_seconds=self.poll_seconds,
+            wakeup=Wakeup(self.engine, inbox.INBOX_CHANNEL),
+            error_seconds=min(self.poll_seconds, 5.0),
+        )
         log.info("worker_stopped")
-
-    def _listen(self) -> psycopg.Connection[object]:
-        url = db.libpq_url(self.engine.url.render_as_string(hide_password=False))
-        connection: psycopg.Connection[object] = psycopg.connect(url, autocommit=True)
-        connection.execute(f"LISTEN {inbox.INBOX_CHANNEL}")
-        return connection
-
-    def _wait(self, listener: psycopg.Connection[object], stop: threading.Event) -> None:
-        deadline = time.monotonic() + self.poll_seconds
-        while not stop.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            # Short slices so a stop request is seen within a second.
-            if list(listener.notifies(timeout=min(remaining, 1.0), stop_after=1)):
-                return
 
     def _apply(
         self, connection: sa.Connection, claimed: list[inbox.Claimed]
@@ -213,110 +182,3 @@ class Worker:
 def _failed(row_id: int, exc: BaseException) -> inbox.Outcome:
     detail = "".join(traceback.format_exception(exc))
     return inbox.Outcome(row_id, "failed", f"{type(exc).__name__}: {exc}\n{detail}"[:_ERROR_LIMIT])
-
-
-def run_loop(
-    name: str, step: Callable[[], int], stop: threading.Event, *, idle_seconds: float
-) -> None:
-    """Call `step` until `stop` is set; pause `idle_seconds` whenever it found nothing to do.
-
-    For the stages that call out (hydrate, later act): an error is logged and the loop goes on.
-    """
-    log.info("loop_started", extra={"loop": name})
-    while not stop.is_set():
-        try:
-            if step():
-                continue
-        except Exception as exc:  # noqa: BLE001 - a stage must outlive any one failure
-            log.error("loop_error", extra={"loop": name, "error": type(exc).__name__})
-        stop.wait(idle_seconds)
-    log.info("loop_stopped", extra={"loop": name})
-
-
-@dataclass
-class ActionRunner:
-    """Executes due action runs (the act stage): network I/O, never inside a transaction."""
-
-    engine: sa.Engine
-    rules: Sequence[Rule]
-    settings: Settings
-    api: HubSpotApi | None = None
-    batch_size: int = 20
-    _http: httpx.Client | None = field(default=None, init=False, repr=False)
-
-    def run_once(self) -> int:
-        """Lease and execute up to `batch_size` due runs; returns how many."""
-        with self.engine.begin() as connection:
-            runs = outbox.claim(connection, self.batch_size)
-        for run in runs:
-            self._execute(run)
-        return len(runs)
-
-    def drain(self) -> int:
-        """Execute until nothing is due."""
-        total = 0
-        while count := self.run_once():
-            total += count
-        return total
-
-    def close(self) -> None:
-        """Close the HTTP client."""
-        if self._http is not None:
-            self._http.close()
-
-    def _options(self, run: outbox.Run) -> Mapping[str, Any] | None:
-        for rule in self.rules:
-            if rule.name == run.rule and run.action_index < len(rule.actions):
-                return rule.actions[run.action_index].options
-        return None
-
-    def _execute(self, run: outbox.Run) -> None:
-        if self._http is None:
-            self._http = httpx.Client(follow_redirects=False)
-        options = self._options(run)
-        error: str | None = None
-        permanent = False
-        retry_after: float | None = None
-        outcome: actions.Outcome | None = None
-        if options is None and run.payload.get("action") != "log":
-            error, permanent = (
-                f"rule {run.rule!r} (action {run.action_index}) no longer exists",
-                True,
-            )
-        else:
-            context = actions.RunContext(
-                run_id=run.id,
-                portal_id=run.portal_id,
-                payload=run.payload,
-                options=options or {},
-                environ=self.settings.environ,
-                slack_webhook_url=self.settings.slack_webhook_url,
-                api=self.api,
-                http=self._http,
-            )
-            try:
-                outcome = actions.execute(context)
-            except actions.ActionFailed as exc:
-                error, permanent = str(exc), isinstance(exc, actions.ActionRejected)
-                retry_after = exc.retry_after
-            except Exception as exc:  # noqa: BLE001 - an executor bug fails its run, not the loop
-                error = f"{type(exc).__name__}: {exc}"
-        with self.engine.begin() as connection:
-            if outcome is not None:
-                outbox.complete(connection, run.id, outcome.summary)
-                if outcome.created is not None:
-                    outbox.record_own_write(connection, run.portal_id, *outcome.created)
-                log.info("action_done", extra={"run_id": run.id, "action": run.action})
-                return
-            status = outbox.fail(
-                connection,
-                run.id,
-                error or "unknown error",
-                max_attempts=self.settings.action_max_attempts,
-                permanent=permanent,
-                retry_after=retry_after,
-            )
-        log.warning(
-            "action_failed",
-            extra={"run_id": run.id, "action": run.action, "status": status, "rule": run.rule},
-        )

@@ -1,0 +1,1 @@
+"""Operating a running system: the operator commands that list, show and re-queue rows."""

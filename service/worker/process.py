@@ -1,0 +1,203 @@
+"""One worker process: the apply loop in the main thread, the other stages in threads beside it.
+
+`run` is `hubspot-webhooks worker`: apply (stage 2) in the calling thread; act (4), hydrate (3)
+and, when configured, the scheduled reconcile and pipeline-label refresh (5) in daemon threads.
+SIGTERM or SIGINT sets one stop event: the current batch finishes, every loop ends, exit 0.
+`in_background` is the same set of stages inside `dev`, beside the web server.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from service import db, outbox
+from service.hubspot import client
+from service.hubspot.hydration import Hydrator
+from service.hubspot.pipelines import refresh_stale
+from service.hubspot.reconcile import known_portals, reconcile_all
+from service.rules.engine import RuleEngine, load_engine
+from service.rules.registry import load_modules, registry
+from service.settings import Settings, SettingsError
+from service.worker.act import ActionRunner
+from service.worker.apply import Worker
+from service.worker.loop import Wakeup, run_loop
+
+log = logging.getLogger(__name__)
+
+PIPELINES_REFRESH_SECONDS = 600.0
+
+
+def load_rules(settings: Settings) -> RuleEngine | None:
+    """User handler modules, then the rules of RULES_FILE and code; RuleError if invalid."""
+    load_modules(settings.handler_modules)
+    return load_engine(settings, registry.rules)
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    """What `worker --drain` did: events applied, records fetched (None: no API), actions run."""
+
+    applied: int
+    fetched: int | None
+    ran: int
+
+
+def run(settings: Settings) -> None:
+    """`hubspot-webhooks worker`: run every stage until SIGTERM or SIGINT."""
+    engine = _engine(settings)
+    rules = load_rules(settings)
+    try:
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        with _stages(settings, engine, stop, rules):
+            _apply_stage(settings, engine, rules).run(stop)
+    finally:
+        engine.dispose()
+
+
+def drain(settings: Settings) -> Drained:
+    """`hubspot-webhooks worker --drain`: apply, fetch and act until each finds nothing to do."""
+    engine = _engine(settings)
+    rules = load_rules(settings)
+    try:
+        applied = _apply_stage(settings, engine, rules).drain()
+        fetched = None
+        hydrator = _hydrate_stage(settings, engine)
+        if hydrator is not None:
+            fetched = hydrator.drain()
+            hydrator.close()
+        runner = _act_stage(settings, engine, rules)
+        ran = runner.drain()
+        runner.close()
+    finally:
+        engine.dispose()
+    return Drained(applied, fetched, ran)
+
+
+def _engine(settings: Settings) -> sa.Engine:
+    if settings.database_url is None:
+        raise SettingsError("DATABASE_URL is not set: `worker` needs the service's database")
+    return db.create_engine(settings.database_url, pool_size=2)
+
+
+@contextmanager
+def in_background(settings: Settings, url: str) -> Iterator[None]:
+    """`dev` runs a worker beside the web server, in threads, until the server stops."""
+    rules = load_rules(settings)
+    engine = db.create_engine(url, pool_size=3)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=_apply_stage(settings, engine, rules).run, args=(stop,), name="worker", daemon=True
+    )
+    with _stages(settings, engine, stop, rules):
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(30)
+    engine.dispose()
+
+
+def _apply_stage(settings: Settings, engine: sa.Engine, rules: RuleEngine | None) -> Worker:
+    return Worker(
+        engine,
+        batch_size=settings.worker_batch_size,
+        max_attempts=settings.max_attempts,
+        poll_seconds=settings.worker_poll_seconds,
+        rules=rules,
+    )
+
+
+def _act_stage(settings: Settings, engine: sa.Engine, rules: RuleEngine | None) -> ActionRunner:
+    return ActionRunner(
+        engine,
+        rules.rules if rules is not None else [],
+        settings,
+        api=client.from_settings(settings, engine),
+    )
+
+
+def _hydrate_stage(settings: Settings, engine: sa.Engine) -> Hydrator | None:
+    api = client.from_settings(settings, engine)
+    if api is None:
+        log.warning(
+            "hydration_disabled",
+            extra={"reason": "set HUBSPOT_ACCESS_TOKEN or HUBSPOT_CLIENT_ID to fetch records"},
+        )
+        return None
+    return Hydrator(
+        engine,
+        api,
+        settings.mirror_properties,
+        max_attempts=settings.max_attempts,
+        pipelined=True,
+    )
+
+
+@contextmanager
+def _stages(
+    settings: Settings, engine: sa.Engine, stop: threading.Event, rules: RuleEngine | None
+) -> Iterator[None]:
+    """The stages that call out run in threads of their own beside the apply loop."""
+    threads: list[threading.Thread] = []
+
+    def start(name: str, step: Callable[[], int], idle: float, wakeup: Wakeup | None) -> None:
+        kwargs = {"idle_seconds": idle, "wakeup": wakeup}
+        thread = threading.Thread(
+            target=run_loop, args=(name, step, stop), kwargs=kwargs, name=name, daemon=True
+        )
+        threads.append(thread)
+
+    runner = _act_stage(settings, engine, rules)
+    # The act stage wakes on the outbox's NOTIFY: a run starts as soon as its event is applied.
+    start(
+        "act",
+        runner.run_once,
+        min(1.0, settings.worker_poll_seconds),  # retries come due by time, not by NOTIFY
+        Wakeup(engine, outbox.ACTIONS_CHANNEL),
+    )
+    hydrator = _hydrate_stage(settings, engine)
+    if hydrator is not None:
+        api = hydrator.api
+        interval = settings.reconcile_interval_seconds
+        if interval is not None:
+
+            def scheduled_reconcile() -> int:
+                reconcile_all(
+                    engine,
+                    api,
+                    portals=known_portals(engine),
+                    lookback_seconds=settings.reconcile_lookback_seconds,
+                    configured_properties=settings.mirror_properties,
+                )
+                return 0  # then wait for the next interval
+
+            start("reconcile", scheduled_reconcile, interval, None)
+        if rules is not None and rules.uses_stage_labels:
+
+            def stage_labels() -> int:
+                refresh_stale(engine, api, known_portals(engine))
+                return 0  # then wait
+
+            start("pipelines", stage_labels, PIPELINES_REFRESH_SECONDS, None)
+        start("hydrate", hydrator.run_once, settings.worker_poll_seconds, None)
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        runner.close()
+        if hydrator is not None:
+            hydrator.close()

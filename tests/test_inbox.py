@@ -1,0 +1,583 @@
+"""service.inbox: validating a delivery, recording it once, claiming, settling and scrubbing rows.
+
+Everything that touches inbox_events runs on the real test database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from service import db, inbox
+
+PORTAL = 62515
+INT64_MAX = 2**63 - 1
+
+
+def hubspot_event(event_id: int = 1, **fields: Any) -> dict[str, Any]:
+    """A contact.propertyChange as HubSpot sends it; keyword arguments override fields."""
+    event: dict[str, Any] = {
+        "eventId": event_id,
+        "subscriptionId": 12345,
+        "portalId": PORTAL,
+        "appId": 54321,
+        "occurredAt": 1_700_000_000_000 + event_id,
+        "subscriptionType": "contact.propertyChange",
+        "attemptNumber": 0,
+        "objectId": 100 + event_id,
+        "propertyName": "email",
+        "propertyValue": f"person{event_id}@example.com",
+        "changeSource": "CRM_UI",
+    }
+    event.update(fields)
+    return event
+
+
+def association_event(event_id: int, from_id: int, to_id: int) -> dict[str, Any]:
+    """A classic contact.associationChange: no objectId, the object is in fromObjectId."""
+    return {
+        "eventId": event_id,
+        "subscriptionId": 777,
+        "portalId": PORTAL,
+        "appId": 54321,
+        "occurredAt": 1_700_000_000_000,
+        "subscriptionType": "contact.associationChange",
+        "attemptNumber": 0,
+        "changeSource": "CRM_UI",
+        "associationType": "CONTACT_TO_COMPANY",
+        "fromObjectId": from_id,
+        "toObjectId": to_id,
+        "associationRemoved": False,
+        "isPrimaryAssociation": False,
+    }
+
+
+def body(events: Any) -> bytes:
+    return json.dumps(events).encode()
+
+
+def record_body(database_url: str, raw: bytes, *, version: str = "v3") -> inbox.RecordResult:
+    """Parse and record one delivery the way the webhook endpoint does (autocommit)."""
+
+    async def run() -> inbox.RecordResult:
+        connection = await psycopg.AsyncConnection.connect(
+            db.libpq_url(database_url), autocommit=True
+        )
+        async with connection:
+            batch = inbox.parse_batch(raw)
+            return await inbox.record_delivery(connection, batch, signature_version=version)
+
+    return asyncio.run(run())
+
+
+def record(database_url: str, events: list[dict[str, Any]]) -> inbox.RecordResult:
+    return record_body(database_url, body(events))
+
+
+def rows(engine: sa.Engine) -> list[Any]:
+    with engine.connect() as connection:
+        return list(connection.execute(sa.text("SELECT * FROM inbox_events ORDER BY id")))
+
+
+# --- parse_batch: what a valid delivery is ------------------------------------------------------
+
+
+def test_array_of_events_is_a_batch_and_its_text_is_kept() -> None:
+    raw = body([hubspot_event(1), hubspot_event(2)])
+    batch = inbox.parse_batch(raw)
+    assert [e["eventId"] for e in batch.events] == [1, 2]
+    assert batch.json_text == raw.decode()
+
+
+def test_single_object_is_a_batch_of_one() -> None:
+    batch = inbox.parse_batch(body(hubspot_event(7)))
+    assert [e["eventId"] for e in batch.events] == [7]
+    assert json.loads(batch.json_text) == [hubspot_event(7)]
+
+
+def test_empty_array_is_an_empty_batch() -> None:
+    assert inbox.parse_batch(b"[]").events == []
+
+
+def test_old_event_type_field_is_accepted_instead_of_subscription_type() -> None:
+    event = hubspot_event()
+    event["eventType"] = event.pop("subscriptionType")
+    assert inbox.parse_batch(body([event])).events == [event]
+
+
+def test_optional_ids_may_be_absent_or_null() -> None:
+    event = hubspot_event(subscriptionId=None)
+    del event["objectId"]
+    assert inbox.parse_batch(body([event])).events == [event]
+
+
+@pytest.mark.parametrize(
+    ("raw", "got"),
+    [(b'"events"', "string"), (b"42", "number"), (b"null", "null"), (b"true", "boolean")],
+)
+def test_body_that_is_not_an_array_is_rejected(raw: bytes, got: str) -> None:
+    with pytest.raises(inbox.InvalidBatch, match=f"must be a JSON array of events, got {got}"):
+        inbox.parse_batch(raw)
+
+
+def test_body_that_is_not_json_is_rejected() -> None:
+    with pytest.raises(inbox.InvalidBatch, match="body is not valid JSON"):
+        inbox.parse_batch(b'[{"eventId": 1,')
+
+
+def test_body_that_is_not_utf8_is_rejected() -> None:
+    with pytest.raises(inbox.InvalidBatch, match="not UTF-8"):
+        inbox.parse_batch(b'[{"propertyValue": "\xff"}]')
+
+
+@pytest.mark.parametrize(
+    ("element", "got"),
+    [("5", "number"), ('"x"', "string"), ("[]", "array"), ("null", "null")],
+)
+def test_element_that_is_not_an_object_is_rejected_by_index(element: str, got: str) -> None:
+    raw = f"[{json.dumps(hubspot_event())}, {element}]".encode()
+    with pytest.raises(
+        inbox.InvalidBatch, match=rf"^event \[1\] must be a JSON object, got {got}$"
+    ):
+        inbox.parse_batch(raw)
+
+
+@pytest.mark.parametrize("name", ["eventId", "portalId", "occurredAt"])
+def test_missing_required_field_is_named_with_the_element_index(name: str) -> None:
+    broken = hubspot_event(3)
+    del broken[name]
+    events = [hubspot_event(1), hubspot_event(2), broken]
+    with pytest.raises(inbox.InvalidBatch, match=rf"event \[2\].*missing required field {name}$"):
+        inbox.parse_batch(body(events))
+
+
+def test_message_names_the_event_id_when_it_is_readable() -> None:
+    broken = hubspot_event(41)
+    del broken["portalId"]
+    with pytest.raises(
+        inbox.InvalidBatch, match=r"^event \[0\] \(eventId 41\): missing required field portalId$"
+    ):
+        inbox.parse_batch(body([broken]))
+
+
+def test_missing_subscription_type_is_rejected() -> None:
+    broken = hubspot_event()
+    del broken["subscriptionType"]
+    with pytest.raises(inbox.InvalidBatch, match="missing required field subscriptionType"):
+        inbox.parse_batch(body([broken]))
+
+
+@pytest.mark.parametrize("value", ["", 5, None])
+def test_subscription_type_must_be_a_non_empty_string(value: object) -> None:
+    broken = hubspot_event(subscriptionType=value)
+    if value is None:
+        broken["eventType"] = ""
+    with pytest.raises(inbox.InvalidBatch, match="subscriptionType must be a non-empty string"):
+        inbox.parse_batch(body([broken]))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "got"),
+    [
+        ("eventId", "1", "string"),
+        ("portalId", "62515", "string"),
+        ("occurredAt", 1.7e12, "number"),
+        ("occurredAt", None, "null"),
+        ("portalId", True, "boolean"),
+        ("eventId", -1, "out-of-range number"),
+        ("subscriptionId", "12345", "string"),
+        ("objectId", [1], "array"),
+        ("fromObjectId", {"id": 1}, "object"),
+    ],
+)
+def test_ill_typed_id_is_rejected_with_its_json_type(name: str, value: object, got: str) -> None:
+    events = [hubspot_event(1), hubspot_event(2, **{name: value})]
+    with pytest.raises(
+        inbox.InvalidBatch,
+        match=rf"^event \[1\].*: {name} must be a non-negative integer, got {got}$",
+    ):
+        inbox.parse_batch(body(events))
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_rejected(constant: str) -> None:
+    raw = body([hubspot_event()]).replace(b'"CRM_UI"', constant.encode())
+    with pytest.raises(inbox.InvalidBatch, match=f"{constant} is not a JSON number"):
+        inbox.parse_batch(raw)
+
+
+def test_largest_int64_is_accepted() -> None:
+    event = hubspot_event(INT64_MAX, portalId=INT64_MAX, occurredAt=INT64_MAX, objectId=INT64_MAX)
+    assert inbox.parse_batch(body([event])).events == [event]
+
+
+@pytest.mark.parametrize("name", ["eventId", "portalId", "occurredAt", "objectId"])
+def test_integer_outside_int64_is_rejected(name: str) -> None:
+    with pytest.raises(
+        inbox.InvalidBatch, match=f"{name} must be a non-negative integer, got out-of-range number"
+    ):
+        inbox.parse_batch(body([hubspot_event(**{name: INT64_MAX + 1})]))
+
+
+def test_unicode_and_escapes_are_decoded_and_the_raw_text_is_kept() -> None:
+    raw = '[{"eventId":1,"portalId":2,"occurredAt":3,"subscriptionType":"contact.propertyChange",'
+    raw += '"propertyValue":"J\\u00fcrgen M\u00fcller \u6771\u4eac \U0001f600 \\"q\\" \\n"}]'
+    batch = inbox.parse_batch(raw.encode())
+    assert (
+        batch.events[0]["propertyValue"] == 'J\u00fcrgen M\u00fcller \u6771\u4eac \U0001f600 "q" \n'
+    )
+    assert batch.json_text == raw
+
+
+def test_escaped_surrogate_pair_is_decoded_to_its_character() -> None:
+    raw = body([hubspot_event(propertyValue="smile \U0001f600")])
+    assert b"\\ud83d\\ude00" in raw
+    batch = inbox.parse_batch(raw)
+    assert batch.events[0]["propertyValue"] == "smile \U0001f600"
+    assert json.loads(batch.json_text) == batch.events
+
+
+def test_nul_and_lone_surrogates_become_replacement_characters() -> None:
+    raw = (
+        b'[{"eventId":1,"portalId":2,"occurredAt":3,"subscriptionType":"contact.propertyChange",'
+        b'"propertyName":"notes","propertyValue":"a\\u0000b\\ud800c\\uDFFFd \\ud83d\\ude00",'
+        b'"x\\u0000":1}]'
+    )
+    batch = inbox.parse_batch(raw)
+    event = batch.events[0]
+    assert event["propertyValue"] == "a\ufffdb\ufffdc\ufffdd \U0001f600"
+    assert event["x\ufffd"] == 1
+    assert json.loads(batch.json_text) == batch.events
+
+
+def test_escaped_backslash_before_u0000_text_is_left_as_text() -> None:
+    raw = body([hubspot_event(propertyValue="C:\\u0000dir")])
+    batch = inbox.parse_batch(raw)
+    assert batch.events[0]["propertyValue"] == "C:\\u0000dir"
+
+
+# --- record_delivery: each event once, by its identity ---------------------------------------
+
+
+def test_delivery_is_stored_with_its_columns(clean_db: str, engine: sa.Engine) -> None:
+    event = hubspot_event(5, subscriptionId=999)
+    result = record_body(clean_db, body([event]), version="v1")
+    assert (result.received, result.stored, result.duplicates) == (1, 1, 0)
+    (row,) = rows(engine)
+    assert (row.portal_id, row.subscription_id, row.event_id) == (PORTAL, 999, 5)
+    assert (row.object_id, row.occurred_at) == (105, event["occurredAt"])
+    assert row.subscription_type == "contact.propertyChange"
+    assert row.signature_version == "v1"
+    assert row.payload == event
+    assert (row.status, row.attempts, row.last_error) == ("pending", 0, None)
+
+
+def test_empty_batch_records_nothing(clean_db: str, engine: sa.Engine) -> None:
+    result = record_body(clean_db, b"[]")
+    assert (result.received, result.stored) == (0, 0)
+    assert rows(engine) == []
+
+
+def test_same_event_twice_in_one_body_is_stored_once(clean_db: str, engine: sa.Engine) -> None:
+    result = record(clean_db, [hubspot_event(1), hubspot_event(1), hubspot_event(2)])
+    assert (result.received, result.stored, result.duplicates) == (3, 2, 1)
+    assert [r.event_id for r in rows(engine)] == [1, 2]
+
+
+def test_retry_with_a_different_attempt_number_is_stored_once(
+    clean_db: str, engine: sa.Engine
+) -> None:
+    assert record(clean_db, [hubspot_event(1, attemptNumber=0)]).stored == 1
+    retry = record(clean_db, [hubspot_event(1, attemptNumber=3)])
+    assert (retry.stored, retry.duplicates) == (0, 1)
+    (row,) = rows(engine)
+    assert row.payload["attemptNumber"] == 0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"objectId": 999},
+        {"occurredAt": 1_800_000_000_000},
+        {"subscriptionId": 54},
+        {"portalId": 1234},
+    ],
+)
+def test_same_event_id_about_something_else_is_stored_twice(
+    change: dict[str, int], clean_db: str, engine: sa.Engine
+) -> None:
+    first = hubspot_event(1)
+    other = {**first, **change}
+    assert record(clean_db, [first]).stored == 1
+    assert record(clean_db, [other]).stored == 1
+    assert [r.event_id for r in rows(engine)] == [1, 1]
+
+
+def test_association_events_are_deduplicated_by_from_object_id(
+    clean_db: str, engine: sa.Engine
+) -> None:
+    # HubSpot reports an association on both sides; one eventId may cover several objects.
+    result = record(
+        clean_db,
+        [association_event(9, 1, 2), association_event(9, 1, 2), association_event(9, 3, 2)],
+    )
+    assert (result.received, result.stored) == (3, 2)
+    assert [r.object_id for r in rows(engine)] == [1, 3]
+    assert record(clean_db, [association_event(9, 3, 2)]).stored == 0
+
+
+def test_missing_subscription_id_and_object_id_are_keyed_as_zero(
+    clean_db: str, engine: sa.Engine
+) -> None:
+    event = hubspot_event(1, subscriptionType="contact.privacyDeletion")
+    del event["subscriptionId"], event["objectId"]
+    assert record(clean_db, [event, event]).stored == 1
+    (row,) = rows(engine)
+    assert (row.subscription_id, row.object_id) == (0, 0)
+
+
+def test_event_type_names_the_row_when_subscription_type_is_absent(
+    clean_db: str, engine: sa.Engine
+) -> None:
+    event = hubspot_event(1)
+    event["eventType"] = event.pop("subscriptionType")
+    record(clean_db, [event])
+    assert rows(engine)[0].subscription_type == "contact.propertyChange"
+
+
+def test_body_with_nul_and_lone_surrogate_is_storable(clean_db: str, engine: sa.Engine) -> None:
+    raw = (
+        b'[{"eventId":1,"portalId":2,"occurredAt":3,"subscriptionType":"contact.propertyChange",'
+        b'"objectId":4,"propertyValue":"a\\u0000b\\udc00 \\u00e4"}]'
+    )
+    assert record_body(clean_db, raw).stored == 1
+    assert rows(engine)[0].payload["propertyValue"] == "a\ufffdb\ufffd \u00e4"
+
+
+def test_unicode_is_stored_unchanged(clean_db: str, engine: sa.Engine) -> None:
+    value = 'Bj\u00f6rk \u6771\u4eac \U0001f600 \\ "quoted"'
+    record(clean_db, [hubspot_event(1, propertyValue=value)])
+    assert rows(engine)[0].payload["propertyValue"] == value
+
+
+def test_huge_number_next_to_a_nul_is_refused_not_retried_forever() -> None:
+    # Replacing the NUL means re-encoding the body, and 1e400 has no finite float to come out
+    # as: a clear 400 instead of an insert that would fail on every retry.
+    raw = (
+        b'[{"eventId":1,"portalId":2,"occurredAt":3,"subscriptionType":"contact.propertyChange",'
+        b'"objectId":4,"propertyValue":"a\\u0000b","score":1e400}]'
+    )
+    with pytest.raises(inbox.InvalidBatch, match="number too large to store"):
+        inbox.parse_batch(raw)
+
+
+# --- claim_due and settle ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def stored(clean_db: str) -> list[int]:
+    """Three pending rows in the inbox; their ids."""
+    record(clean_db, [hubspot_event(i) for i in (1, 2, 3)])
+    return [1, 2, 3]
+
+
+def claim(engine: sa.Engine, limit: int = 10) -> list[inbox.Claimed]:
+    with engine.begin() as connection:
+        return inbox.claim_due(connection, limit)
+
+
+def settle(engine: sa.Engine, outcomes: list[inbox.Outcome], *, max_attempts: int = 3) -> None:
+    with engine.begin() as connection:
+        inbox.settle(connection, outcomes, max_attempts=max_attempts)
+
+
+def row(engine: sa.Engine, row_id: int) -> Any:
+    with engine.connect() as connection:
+        return connection.execute(
+            sa.text(
+                "SELECT status, attempts, last_error, processed_at,"
+                " extract(epoch FROM next_attempt_at - now()) AS due_in"
+                " FROM inbox_events WHERE id = :id"
+            ),
+            {"id": row_id},
+        ).one()
+
+
+def make_due(engine: sa.Engine) -> None:
+    """Let time pass: every backoff is over."""
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE inbox_events SET next_attempt_at = now() - interval '1 second'")
+        )
+
+
+def test_claim_due_returns_pending_rows_oldest_first_up_to_the_limit(
+    stored: list[int], engine: sa.Engine
+) -> None:
+    claimed = claim(engine, limit=2)
+    assert [c.id for c in claimed] == [1, 2]
+    assert claimed[0].payload == hubspot_event(1)
+
+
+def test_rows_another_transaction_holds_are_skipped(stored: list[int], database_url: str) -> None:
+    engine = db.create_engine(database_url, pool_size=2, statement_timeout_ms=5000)
+    try:
+        with engine.begin() as holder:
+            held = [c.id for c in inbox.claim_due(holder, 2)]
+            assert [c.id for c in claim(engine)] == [3]
+        assert held == [1, 2]
+        assert [c.id for c in claim(engine)] == [1, 2, 3]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("status", ["done", "ignored"])
+def test_settled_rows_are_finished_and_not_claimed_again(
+    status: str, stored: list[int], engine: sa.Engine
+) -> None:
+    settle(engine, [inbox.Outcome(1, status)])
+    settled = row(engine, 1)
+    assert (settled.status, settled.attempts, settled.last_error) == (status, 1, None)
+    assert settled.processed_at is not None
+    make_due(engine)
+    assert [c.id for c in claim(engine)] == [2, 3]
+
+
+def test_failed_row_backs_off_about_five_seconds_then_is_due_again(
+    stored: list[int], engine: sa.Engine
+) -> None:
+    settle(engine, [inbox.Outcome(2, "failed", "ValueError: boom")])
+    failed = row(engine, 2)
+    assert (failed.status, failed.attempts, failed.last_error) == ("failed", 1, "ValueError: boom")
+    assert failed.processed_at is None
+    # 5 s with 0.5-1.5 jitter.
+    assert 2.4 <= failed.due_in <= 7.6
+    assert [c.id for c in claim(engine)] == [1, 3]
+    make_due(engine)
+    assert [c.id for c in claim(engine)] == [1, 2, 3]
+
+
+def test_backoff_doubles_with_each_failure(stored: list[int], engine: sa.Engine) -> None:
+    for _ in range(3):
+        make_due(engine)
+        settle(engine, [inbox.Outcome(1, "failed", "boom")], max_attempts=10)
+    third = row(engine, 1)
+    assert third.attempts == 3
+    # 5 * 2**2 = 20 s with 0.5-1.5 jitter.
+    assert 9.9 <= third.due_in <= 30.1
+
+
+def test_failure_at_max_attempts_is_dead_and_never_claimed(
+    stored: list[int], engine: sa.Engine
+) -> None:
+    for _ in range(2):
+        make_due(engine)
+        settle(engine, [inbox.Outcome(1, "failed", "boom")], max_attempts=3)
+    assert row(engine, 1).status == "failed"
+    make_due(engine)
+    settle(engine, [inbox.Outcome(1, "failed", "still boom")], max_attempts=3)
+    dead = row(engine, 1)
+    assert (dead.status, dead.attempts, dead.last_error) == ("dead", 3, "still boom")
+    make_due(engine)
+    assert [c.id for c in claim(engine)] == [2, 3]
+
+
+def test_one_settle_records_every_outcome(stored: list[int], engine: sa.Engine) -> None:
+    settle(
+        engine,
+        [inbox.Outcome(1, "done"), inbox.Outcome(2, "ignored"), inbox.Outcome(3, "failed", "x")],
+    )
+    assert [row(engine, i).status for i in (1, 2, 3)] == ["done", "ignored", "failed"]
+
+
+def test_settling_nothing_changes_nothing(stored: list[int], engine: sa.Engine) -> None:
+    settle(engine, [])
+    assert {row(engine, i).status for i in stored} == {"pending"}
+
+
+# --- scrub_contacts ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mixed(clean_db: str) -> str:
+    """Stored events about contact 101 and others, with property values."""
+    record(
+        clean_db,
+        [
+            hubspot_event(1, objectId=101, propertyValue="ada@example.com"),
+            hubspot_event(
+                2,
+                subscriptionType="object.propertyChange",
+                objectTypeId="0-1",
+                objectId=101,
+                propertyName="firstname",
+                propertyValue="Ada",
+            ),
+            hubspot_event(3, objectId=102, propertyValue="grace@example.com"),
+            hubspot_event(4, portalId=999, objectId=101, propertyValue="other@example.com"),
+            hubspot_event(
+                5, subscriptionType="company.propertyChange", objectId=101, propertyValue="Acme"
+            ),
+        ],
+    )
+    creation = hubspot_event(6, subscriptionType="contact.creation", objectId=101)
+    del creation["propertyName"], creation["propertyValue"]
+    record(clean_db, [creation])
+    return clean_db
+
+
+def payloads(engine: sa.Engine) -> dict[int, dict[str, Any]]:
+    return {r.event_id: r.payload for r in rows(engine)}
+
+
+def scrub(engine: sa.Engine, contacts: list[tuple[int, int]]) -> None:
+    with engine.begin() as connection:
+        inbox.scrub_contacts(connection, contacts)
+
+
+def test_scrub_removes_the_contacts_property_values_and_marks_the_events(
+    mixed: str, engine: sa.Engine
+) -> None:
+    creation = payloads(engine)[6]
+    scrub(engine, [(PORTAL, 101)])
+    after = payloads(engine)
+    for event_id in (1, 2):
+        assert after[event_id]["propertyValue"] is None
+        assert after[event_id]["erased"] is True
+        assert after[event_id]["propertyName"] in ("email", "firstname")
+    assert after[3]["propertyValue"] == "grace@example.com"
+    assert after[4]["propertyValue"] == "other@example.com"
+    assert after[5]["propertyValue"] == "Acme"
+    assert after[6] == creation
+
+
+def test_scrub_of_no_contacts_changes_nothing(mixed: str, engine: sa.Engine) -> None:
+    before = payloads(engine)
+    scrub(engine, [])
+    assert payloads(engine) == before
+
+
+def test_scrub_twice_is_the_same_as_once(mixed: str, engine: sa.Engine) -> None:
+    scrub(engine, [(PORTAL, 101), (PORTAL, 101)])
+    once = payloads(engine)
+    scrub(engine, [(PORTAL, 101)])
+    assert payloads(engine) == once
+
+
+def test_scrub_skips_rows_a_worker_holds(mixed: str, database_url: str) -> None:
+    engine = db.create_engine(database_url, pool_size=2, statement_timeout_ms=5000)
+    try:
+        with engine.begin() as worker:
+            held = {c.payload["eventId"]: c.id for c in inbox.claim_due(worker, 1)}
+            scrub(engine, [(PORTAL, 101)])
+        after = payloads(engine)
+    finally:
+        engine.dispose()
+    assert list(held) == [1]
+    assert after[1]["propertyValue"] == "ada@example.com"
+    assert after[2]["propertyValue"] is None
