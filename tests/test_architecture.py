@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -9,10 +10,30 @@ from pathlib import Path
 
 import pytest
 
+from service import models
+
 ROOT = Path(__file__).resolve().parent.parent
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 MAX_MODULE_LINES = 450
 MAX_CLI_LINES = 300
+
+# One owner per table: the only module with statements that write it (ARCHITECTURE.md).
+OWNERS = {
+    "inbox_events": "service/inbox.py",
+    "action_runs": "service/outbox.py",
+    "own_writes": "service/outbox.py",
+    "hydration_requests": "service/fetches.py",
+    "crm_objects": "service/mirror/registers.py",
+    "crm_associations": "service/mirror/registers.py",
+    "seen_properties": "service/mirror/registers.py",
+    "hubspot_tokens": "service/hubspot/oauth.py",
+    "rate_limits": "service/hubspot/ratelimit.py",
+    "hubspot_api_calls": "service/hubspot/client.py",
+    "reconcile_checkpoints": "service/hubspot/reconcile.py",
+    "pipeline_stages": "service/hubspot/pipelines.py",
+}
+# A write statement and its table; `ON CONFLICT .. DO UPDATE` is part of an INSERT.
+WRITE = re.compile(r"\b(?:INSERT\s+INTO|(?<!DO )UPDATE|DELETE\s+FROM|TRUNCATE)\s+([a-z_]+)")
 
 needs_import_linter = pytest.mark.skipif(
     not LINT_IMPORTS.exists(), reason="import-linter is in the dev extra"
@@ -68,6 +89,21 @@ def test_a_queue_reaching_into_a_stage_breaks_the_layers(tmp_path: Path) -> None
 
     assert result.returncode != 0
     assert "service.outbox -> service.rules.engine" in result.stdout
+
+
+def test_every_table_has_an_owner() -> None:
+    assert set(OWNERS) == set(models.metadata.tables)
+
+
+def test_each_table_is_written_only_by_its_owner() -> None:
+    writers: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "service").rglob("*.py")):
+        for table in WRITE.findall(path.read_text()):
+            if table in OWNERS:
+                writers.setdefault(table, set()).add(str(path.relative_to(ROOT)))
+    strays = {t: w - {OWNERS[t]} for t, w in writers.items() if w - {OWNERS[t]}}
+    assert not strays, f"write these tables through their owner's functions: {strays}"
+    assert set(writers) == set(OWNERS), "a table nobody writes: is the pattern still right?"
 
 
 def test_no_service_module_is_over_450_lines() -> None:

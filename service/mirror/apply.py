@@ -12,10 +12,19 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from service import db, fetches
+from service import fetches
 from service.events import Event, Kind, inverse_association_type, is_mirrored
 from service.mirror import privacy
-from service.mirror.registers import ObjectKey, lock_objects, write_lifecycle, write_properties
+from service.mirror.registers import (
+    ObjectKey,
+    ensure_objects,
+    lock_objects,
+    write_associations,
+    write_lifecycle,
+    write_merges,
+    write_properties,
+    write_seen_properties,
+)
 
 # Kinds the built-in mirror applies, for every mirrored object type.
 MIRROR_KINDS = frozenset(
@@ -129,16 +138,6 @@ def apply_lifecycle(connection: sa.Connection, events: Sequence[Event]) -> None:
 
 # --- property changes ------------------------------------------------------------------------
 
-_SEEN = sa.text(
-    """
-    INSERT INTO seen_properties (portal_id, object_type, property)
-    SELECT r.portal_id, r.object_type, r.property
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
-         AS r(portal_id bigint, object_type text, property text)
-    ON CONFLICT DO NOTHING
-    """
-)
-
 
 def apply_property_changes(connection: sa.Connection, events: Sequence[Event]) -> None:
     """Per-property last-writer-wins; `REDACTED` values are never stored (they are fetched).
@@ -172,40 +171,11 @@ def apply_property_changes(connection: sa.Connection, events: Sequence[Event]) -
     # order) before it writes any other table, so two workers can never wait for each other.
     seen = {(e.portal_id, e.object_type, e.property_name) for e in events if e.property_name}
     if seen:
-        seen_rows = db.json_rows(
-            {"portal_id": p, "object_type": t, "property": n} for p, t, n in sorted(seen)
-        )
-        connection.execute(_SEEN, {"rows": seen_rows})
+        seen_rows = ({"portal_id": p, "object_type": t, "property": n} for p, t, n in sorted(seen))
+        write_seen_properties(connection, seen_rows)
 
 
 # --- merges ----------------------------------------------------------------------------------
-
-_MERGED = sa.text(
-    """
-    INSERT INTO crm_objects AS o (portal_id, object_type, object_id, merged_into, merged_version)
-    SELECT r.portal_id, r.object_type, r.object_id, r.merged_into, r.version
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
-         AS r(portal_id bigint, object_type text, object_id bigint, merged_into bigint,
-              version bigint)
-    ORDER BY r.portal_id, r.object_type, r.object_id
-    ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
-    SET merged_into = EXCLUDED.merged_into,
-        merged_version = EXCLUDED.merged_version,
-        updated_at = now()
-    WHERE EXCLUDED.merged_version > o.merged_version
-       OR (EXCLUDED.merged_version = o.merged_version
-           AND EXCLUDED.merged_into > coalesce(o.merged_into, -1))
-    """
-)
-_ENSURE = sa.text(
-    """
-    INSERT INTO crm_objects (portal_id, object_type, object_id)
-    SELECT r.portal_id, r.object_type, r.object_id
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
-         AS r(portal_id bigint, object_type text, object_id bigint)
-    ON CONFLICT DO NOTHING
-    """
-)
 
 
 def apply_merges(connection: sa.Connection, events: Sequence[Event]) -> None:
@@ -224,40 +194,17 @@ def apply_merges(connection: sa.Connection, events: Sequence[Event]) -> None:
             candidate = (e.occurred_at, e.survivor_id)
             losers[key] = max(losers.get(key, candidate), candidate)
     if survivors:
-        rows = db.json_rows(
-            {"portal_id": p, "object_type": t, "object_id": o} for p, t, o in sorted(survivors)
-        )
-        connection.execute(_ENSURE, {"rows": rows})
+        rows = ({"portal_id": p, "object_type": t, "object_id": o} for p, t, o in sorted(survivors))
+        ensure_objects(connection, rows)
     if losers:
-        rows = db.json_rows(
+        rows = (
             {"portal_id": p, "object_type": t, "object_id": o, "version": v, "merged_into": s}
             for (p, t, o), (v, s) in sorted(losers.items())
         )
-        connection.execute(_MERGED, {"rows": rows})
+        write_merges(connection, rows)
 
 
 # --- associations ----------------------------------------------------------------------------
-
-_ASSOCIATIONS = sa.text(
-    """
-    INSERT INTO crm_associations AS a
-        (portal_id, from_type, from_id, to_type, to_id, association_type, present, is_primary,
-         version)
-    SELECT r.portal_id, r.from_type, r.from_id, r.to_type, r.to_id, r.association_type,
-           r.present, r.is_primary, r.version
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
-         AS r(portal_id bigint, from_type text, from_id bigint, to_type text, to_id bigint,
-              association_type text, present boolean, is_primary boolean, version bigint)
-    ON CONFLICT (portal_id, from_type, from_id, to_type, to_id, association_type) DO UPDATE
-    SET present = CASE WHEN EXCLUDED.version > a.version THEN EXCLUDED.present
-                       ELSE a.present AND EXCLUDED.present END,
-        is_primary = CASE WHEN EXCLUDED.version > a.version THEN EXCLUDED.is_primary
-                          ELSE a.is_primary OR EXCLUDED.is_primary END,
-        version = EXCLUDED.version,
-        updated_at = now()
-    WHERE EXCLUDED.version >= a.version
-    """
-)
 
 AssociationKey = tuple[int, str, int, str, int, str]
 
@@ -292,7 +239,7 @@ def apply_associations(connection: sa.Connection, events: Sequence[Event]) -> No
             join(key, e.occurred_at, present, a.primary)
     if not state:
         return
-    rows = db.json_rows(
+    rows = (
         {
             "portal_id": k[0],
             "from_type": k[1],
@@ -306,4 +253,4 @@ def apply_associations(connection: sa.Connection, events: Sequence[Event]) -> No
         }
         for k, (v, present, primary) in sorted(state.items())
     )
-    connection.execute(_ASSOCIATIONS, {"rows": rows})
+    write_associations(connection, rows)

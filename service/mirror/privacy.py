@@ -13,22 +13,7 @@ import sqlalchemy as sa
 
 from service import db, fetches, inbox, outbox
 from service.events import Event
-
-_ERASE = sa.text(
-    """
-    INSERT INTO crm_objects AS o (portal_id, object_type, object_id, erased, erased_version)
-    SELECT r.portal_id, 'contacts', r.object_id, true, r.version
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
-         AS r(portal_id bigint, object_id bigint, version bigint)
-    ORDER BY r.portal_id, r.object_id
-    ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
-    SET erased = true,
-        erased_version = greatest(o.erased_version, EXCLUDED.erased_version),
-        properties = '{}'::jsonb,
-        versions = '{}'::jsonb,
-        updated_at = now()
-    """
-)
+from service.mirror.registers import erase
 
 
 def erase_contacts(connection: sa.Connection, events: Sequence[Event]) -> None:
@@ -40,10 +25,8 @@ def erase_contacts(connection: sa.Connection, events: Sequence[Event]) -> None:
         assert e.object_id is not None
         key = (e.portal_id, e.object_id)
         latest[key] = max(latest.get(key, 0), e.occurred_at)
-    rows = db.json_rows(
-        {"portal_id": p, "object_id": o, "version": v} for (p, o), v in sorted(latest.items())
-    )
-    connection.execute(_ERASE, {"rows": rows})
+    rows = ({"portal_id": p, "object_id": o, "version": v} for (p, o), v in sorted(latest.items()))
+    erase(connection, rows)
     # Each table's owner scrubs its own rows.
     fetches.forget_contacts(connection, latest)
     inbox.scrub_contacts(connection, latest)

@@ -1,4 +1,5 @@
-"""The mirror's registers: the last-writer-wins statements on crm_objects, and its row locks.
+"""The mirror's tables and every statement that writes them: crm_objects, crm_associations and
+seen_properties, as last-writer-wins registers, and the row lock order.
 
 Every mirrored field is a register versioned by HubSpot's occurredAt (ms) with a fixed
 tie-break, so any order, batching and repetition of the same writes converges on the same rows.
@@ -107,3 +108,108 @@ def write_properties(connection: sa.Connection, rows: Iterable[Mapping[str, Any]
     """Merge properties per property by version: rows of portal_id, object_type, object_id,
     properties and versions, one per record, sorted by key. Returns how many records changed."""
     return int(connection.execute(_PROPERTIES, {"rows": db.json_rows(rows)}).rowcount)
+
+
+# --- erasure, merges, associations, seen properties ---------------------------------------
+
+_ERASE = sa.text(
+    """
+    INSERT INTO crm_objects AS o (portal_id, object_type, object_id, erased, erased_version)
+    SELECT r.portal_id, 'contacts', r.object_id, true, r.version
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, object_id bigint, version bigint)
+    ORDER BY r.portal_id, r.object_id
+    ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
+    SET erased = true,
+        erased_version = greatest(o.erased_version, EXCLUDED.erased_version),
+        properties = '{}'::jsonb,
+        versions = '{}'::jsonb,
+        updated_at = now()
+    """
+)
+
+
+_MERGED = sa.text(
+    """
+    INSERT INTO crm_objects AS o (portal_id, object_type, object_id, merged_into, merged_version)
+    SELECT r.portal_id, r.object_type, r.object_id, r.merged_into, r.version
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, object_type text, object_id bigint, merged_into bigint,
+              version bigint)
+    ORDER BY r.portal_id, r.object_type, r.object_id
+    ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
+    SET merged_into = EXCLUDED.merged_into,
+        merged_version = EXCLUDED.merged_version,
+        updated_at = now()
+    WHERE EXCLUDED.merged_version > o.merged_version
+       OR (EXCLUDED.merged_version = o.merged_version
+           AND EXCLUDED.merged_into > coalesce(o.merged_into, -1))
+    """
+)
+_ENSURE = sa.text(
+    """
+    INSERT INTO crm_objects (portal_id, object_type, object_id)
+    SELECT r.portal_id, r.object_type, r.object_id
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, object_type text, object_id bigint)
+    ON CONFLICT DO NOTHING
+    """
+)
+
+
+_ASSOCIATIONS = sa.text(
+    """
+    INSERT INTO crm_associations AS a
+        (portal_id, from_type, from_id, to_type, to_id, association_type, present, is_primary,
+         version)
+    SELECT r.portal_id, r.from_type, r.from_id, r.to_type, r.to_id, r.association_type,
+           r.present, r.is_primary, r.version
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, from_type text, from_id bigint, to_type text, to_id bigint,
+              association_type text, present boolean, is_primary boolean, version bigint)
+    ON CONFLICT (portal_id, from_type, from_id, to_type, to_id, association_type) DO UPDATE
+    SET present = CASE WHEN EXCLUDED.version > a.version THEN EXCLUDED.present
+                       ELSE a.present AND EXCLUDED.present END,
+        is_primary = CASE WHEN EXCLUDED.version > a.version THEN EXCLUDED.is_primary
+                          ELSE a.is_primary OR EXCLUDED.is_primary END,
+        version = EXCLUDED.version,
+        updated_at = now()
+    WHERE EXCLUDED.version >= a.version
+    """
+)
+
+_SEEN = sa.text(
+    """
+    INSERT INTO seen_properties (portal_id, object_type, property)
+    SELECT r.portal_id, r.object_type, r.property
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS r(portal_id bigint, object_type text, property text)
+    ON CONFLICT DO NOTHING
+    """
+)
+
+
+def erase(connection: sa.Connection, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Tombstone contacts (rows of portal_id, object_id, version): properties emptied, erased."""
+    connection.execute(_ERASE, {"rows": db.json_rows(rows)})
+
+
+def ensure_objects(connection: sa.Connection, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Make sure these records (portal_id, object_type, object_id) have a row."""
+    connection.execute(_ENSURE, {"rows": db.json_rows(rows)})
+
+
+def write_merges(connection: sa.Connection, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Mark records merged into a survivor (portal_id, object_type, object_id, merged_into,
+    version): the newest merge wins, the greater survivor at a tie."""
+    connection.execute(_MERGED, {"rows": db.json_rows(rows)})
+
+
+def write_associations(connection: sa.Connection, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Add or remove associations, one row per (portal, from, to, type), newest version wins."""
+    connection.execute(_ASSOCIATIONS, {"rows": db.json_rows(rows)})
+
+
+def write_seen_properties(connection: sa.Connection, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Remember property names webhooks carried (portal_id, object_type, property)."""
+    connection.execute(_SEEN, {"rows": db.json_rows(rows)})
