@@ -6,7 +6,7 @@ scratch database:
 
 1. for each `--workers` count (default 1 and 3): `--contacts` (default 10,000) new contacts are
    generated in the fake, one `contact.creation` event each is stored through the ingest path
-   (`tests.conftest.store_events`, 100 events per delivery) and applied by `Worker.drain()`, so
+   (`tests.support.store_events`, 100 events per delivery) and applied by `Worker.drain()`, so
    `hydration_requests` holds one row per contact; then that many hydrator processes, each with
    its own engine, `RateLimiter` and `HubSpotApi` (one shared budget in Postgres, as deployed),
    run `Hydrator(engine, api, {}).drain()`, released together and timed until the last is done;
@@ -62,8 +62,8 @@ from service.hubspot.ratelimit import SAFETY_MARGIN_MS, RateLimiter
 from service.hubspot.sdk import REQUEST_TIMEOUT
 from service.rules.registry import Registry
 from service.worker.apply import Worker
-from tests.conftest import store_events
 from tests.fake_hubspot import FakeHubSpot
+from tests.support import store_events
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue

@@ -1,27 +1,47 @@
-"""Shared fixtures: one real, migrated Postgres per test session; a clean slate per test."""
+"""Shared fixtures: one real, migrated Postgres per test session and a clean slate per test; the
+fake HubSpot and API clients on it; the local Slack and webhook receiver; the outbox harness."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import secrets
-import subprocess
-import sys
-from collections.abc import Callable, Iterator, Mapping
+import textwrap
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 
-from service import db, inbox
+from service import db
+from service.hubspot import client
+from service.hubspot.client import HubSpotApi, default_budgets
+from service.hubspot.ratelimit import Budget, RateLimiter
+from service.rules.engine import load_engine
 from service.rules.registry import Registry
 from service.settings import Settings
+from service.worker.act import ActionRunner
 from service.worker.apply import Worker
+from tests.factories import (
+    CLIENT_SECRET,
+    HOOK_PATH,
+    OUR_APP_ID,
+    SLACK_PATH,
+    TOKEN,
+    WEBHOOK_SECRET,
+)
+from tests.fake_hubspot import FakeHubSpot
+from tests.receivers import Receiver
+from tests.support import Harness, MakeApi, MakeHarness, Sleeps, Store, store_events
 
-CLIENT_SECRET = "test-client-secret-0123456789"
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the marker that changes how the fake HubSpot starts (markers are strict)."""
+    config.addinivalue_line(
+        "markers",
+        "fake_hubspot(seed): the `fake` fixture starts empty and calls seed(fake) instead of"
+        " loading tests/payloads/hubspot_seed.json",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -83,43 +103,8 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
-def store_events(database_url: str, events: list[dict[str, Any]], *, version: str = "v3") -> int:
-    """Store events through the ingest path (service.inbox) and wake the workers with the
-    NOTIFY that the endpoint's Notifier sends after storing."""
-
-    async def record() -> int:
-        connection = await psycopg.AsyncConnection.connect(
-            db.libpq_url(database_url), autocommit=True
-        )
-        async with connection:
-            batch = inbox.parse_batch(json.dumps(events).encode())
-            result = await inbox.record_delivery(connection, batch, signature_version=version)
-            if result.stored:
-                await connection.execute(f"NOTIFY {inbox.INBOX_CHANNEL}")
-            return result.stored
-
-    return asyncio.run(record())
-
-
-def run_cli(
-    *args: str, env: Mapping[str, str], timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """Run `python -m service ARGS` from the repository root with exactly `env` (plus PATH,
-    HOME and TMPDIR), capturing its output."""
-    base = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        env={**base, **env},
-        cwd=Path(__file__).resolve().parent.parent,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 @pytest.fixture
-def store(clean_db: str) -> Callable[[list[dict[str, Any]]], int]:
+def store(clean_db: str) -> Store:
     """Store events in the (clean) test database's inbox."""
     return lambda events: store_events(clean_db, events)
 
@@ -128,3 +113,113 @@ def store(clean_db: str) -> Callable[[list[dict[str, Any]]], int]:
 def worker(clean_db: str, engine: sa.Engine) -> Worker:
     """A worker on the test database, with a registry of its own (no user handlers)."""
     return Worker(engine, batch_size=500, max_attempts=3, handlers=Registry())
+
+
+# --- the fake HubSpot and API clients --------------------------------------------------------
+
+
+@pytest.fixture
+def fake(request: pytest.FixtureRequest) -> Iterator[FakeHubSpot]:
+    """A running fake HubSpot with the seed portals (62515 and 77001), their records and their
+    private app tokens. A module that needs another start marks itself
+    `pytest.mark.fake_hubspot(seed=function)`: the fake starts empty and `function(fake)` runs."""
+    marker = request.node.get_closest_marker("fake_hubspot")
+    seed: Callable[[FakeHubSpot], object] = (
+        marker.kwargs["seed"] if marker is not None else FakeHubSpot.load_seed_file
+    )
+    with FakeHubSpot() as server:
+        seed(server)
+        yield server
+
+
+@pytest.fixture
+def make_api(clean_db: str, engine: sa.Engine, fake: FakeHubSpot) -> MakeApi:
+    """Make API clients on the fake, on a clean database: the private app token by default,
+    OAuth with `token=None`; backoff pauses are recorded, not waited (`sleep`); another engine
+    stands for another process."""
+
+    def make(
+        own: sa.Engine | None = None,
+        /,
+        *,
+        token: str | None = TOKEN,
+        sleep: Callable[[float], None] | None = None,
+        limiter_sleep: Callable[[float], None] | None = None,
+        budgets: dict[str, Budget] | None = None,
+    ) -> HubSpotApi:
+        on = engine if own is None else own
+        return HubSpotApi(
+            engine=on,
+            base_url=fake.url,
+            limiter=RateLimiter(
+                on, budgets or default_budgets(), sleep=limiter_sleep or time.sleep
+            ),
+            private_token=token,
+            client_id=fake.client_id,
+            client_secret=fake.client_secret,
+            sleep=sleep or Sleeps(),
+        )
+
+    return make
+
+
+@pytest.fixture
+def api(clean_db: str, make_api: MakeApi) -> HubSpotApi:
+    """The private app client for portal 62515, on a clean database."""
+    return make_api()
+
+
+# --- local receivers -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A local stand-in for Slack and a webhook receiver: one server, any path."""
+    with Receiver() as server:
+        yield server
+
+
+# --- the outbox harness ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def harness(
+    clean_db: str, engine: sa.Engine, receiver: Receiver, tmp_path: Path
+) -> Iterator[MakeHarness]:
+    """Build a Harness from rules TOML, extra environment and optional user handlers; with
+    `fake=`, the HubSpot actions call that fake HubSpot."""
+    runners: list[ActionRunner] = []
+
+    def build(
+        rules: str,
+        *,
+        handlers: Registry | None = None,
+        fake: FakeHubSpot | None = None,
+        **env: str,
+    ) -> Harness:
+        path = tmp_path / f"rules-{len(runners)}.toml"
+        path.write_text(textwrap.dedent(rules))
+        environ = {
+            "DATABASE_URL": clean_db,
+            "RULES_FILE": str(path),
+            "SLACK_WEBHOOK_URL": receiver.url_for(SLACK_PATH),
+            "HOOK_URL": receiver.url_for(HOOK_PATH),
+            "HOOK_SECRET": WEBHOOK_SECRET,
+            "HUBSPOT_APP_ID": OUR_APP_ID,
+            **env,
+        }
+        if fake is not None:
+            environ |= {"HUBSPOT_ACCESS_TOKEN": TOKEN, "HUBSPOT_API_BASE_URL": fake.url}
+        settings = Settings.from_env(environ)
+        rule_engine = load_engine(settings, [])
+        assert rule_engine is not None
+        worker = Worker(engine, max_attempts=3, handlers=handlers or Registry(), rules=rule_engine)
+        runner = ActionRunner(
+            engine, rule_engine.rules, settings, api=client.from_settings(settings, engine)
+        )
+        runners.append(runner)
+        return Harness(engine, clean_db, settings, worker, runner, receiver, environ)
+
+    yield build
+    for runner in runners:
+        runner.close()

@@ -1,4 +1,6 @@
-"""A small local HTTP receiver standing in for Slack or for a customer's webhook endpoint.
+"""Small local HTTP servers: `Receiver` stands in for Slack or a customer's webhook endpoint (the
+targets of actions); `WebhookEndpoint` stands in for our own webhook endpoint (the target of
+`hubspot-webhooks send`).
 
     with Receiver() as slack:
         slack.fail_next(1, 400, body=b"invalid_blocks")
@@ -17,11 +19,17 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, cast
+
+from service import inbox
+from service.signature import InvalidSignature, verify_request
+from tests.factories import CLIENT_SECRET
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,3 +242,128 @@ def refused_url() -> str:
     port = sock.getsockname()[1]
     sock.close()
     return f"http://127.0.0.1:{port}/hook"
+
+
+# --- a stand-in for our own webhook endpoint -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EndpointRequest:
+    """One request as it arrived at the endpoint, on the wire."""
+
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON array in the body."""
+        data = json.loads(self.body)
+        assert isinstance(data, list)
+        return data
+
+
+@dataclass
+class WebhookEndpoint:
+    """A stand-in for the service's webhook endpoint (service.web.webhook), without a database:
+    records requests, verifies the v3 signature, stores each event once, answers counts."""
+
+    secret: str = CLIENT_SECRET
+    status: int = 200
+    delay: float = 0.0
+    port: int = 0
+    requests: list[EndpointRequest] = field(default_factory=list)
+    stored: set[tuple[Any, ...]] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        """The webhook URL of this endpoint."""
+        return f"http://127.0.0.1:{self.port}/webhooks/hubspot"
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every event received, in arrival order, duplicates included."""
+        with self.lock:
+            return [e for r in self.requests for e in r.events()]
+
+    def handle(self, received: EndpointRequest) -> tuple[int, dict[str, Any]]:
+        """The answer service.web.webhook would give."""
+        with self.lock:
+            self.requests.append(received)
+        time.sleep(self.delay)
+        if self.status != 200:
+            return self.status, {"error": "unavailable"}
+        try:
+            verify_request(
+                headers=received.headers,
+                secrets=(self.secret,),
+                method=received.method,
+                uri=f"http://{received.headers['host']}{received.target}",
+                body=received.body,
+                now_ms=int(time.time() * 1000),
+                tolerance_ms=300_000,
+                accept_legacy=False,
+            )
+        except InvalidSignature as exc:
+            return 401, {"error": "unauthorized", "reason": exc.reason}
+        events = inbox.parse_batch(received.body).events
+        with self.lock:
+            keys = [_event_key(e) for e in events]
+            new = {k for k in keys if k not in self.stored}
+            self.stored |= new
+        return 200, {
+            "received": len(events),
+            "stored": len(new),
+            "duplicates": len(events) - len(new),
+        }
+
+
+def _event_key(event: dict[str, Any]) -> tuple[Any, ...]:
+    object_id = event.get("objectId", event.get("fromObjectId"))
+    return (
+        event["portalId"],
+        event.get("subscriptionId"),
+        event["eventId"],
+        object_id,
+        event["occurredAt"],
+    )
+
+
+class _EndpointServer(ThreadingHTTPServer):
+    daemon_threads = True
+    endpoint: WebhookEndpoint
+
+
+class _EndpointHandler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        endpoint = cast(_EndpointServer, self.server).endpoint
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        status, answer = endpoint.handle(EndpointRequest(self.command, self.path, headers, body))
+        payload = json.dumps(answer).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the sender gave up waiting (the timeout test)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the per-request stderr line."""
+
+
+@contextmanager
+def webhook_endpoint() -> Iterator[WebhookEndpoint]:
+    """A running WebhookEndpoint on a free port of 127.0.0.1, shut down on exit."""
+    state = WebhookEndpoint()
+    server = _EndpointServer(("127.0.0.1", 0), _EndpointHandler)
+    server.endpoint = state
+    state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,8 +13,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from service import db
-from tests.conftest import CLIENT_SECRET, run_cli
+from service import cli, db
+from tests.factories import CLIENT_SECRET
+from tests.support import EXAMPLE_RULES, INVALID_RULES, free_port, invalid_rule_lines, run_cli
 
 
 @pytest.mark.parametrize(
@@ -80,13 +80,6 @@ def test_migrate_command_upgrades_a_database_to_head(database_url: str, tmp_path
         admin.dispose()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_dev_runs_on_an_embedded_database_and_stops_it_cleanly(tmp_path: Path) -> None:
     # The README's first command: no DATABASE_URL, no secret; dev does the rest.
     port = free_port()
@@ -133,3 +126,55 @@ def test_dev_runs_on_an_embedded_database_and_stops_it_cleanly(tmp_path: Path) -
     assert dev.returncode == 0, err
     assert "embedded_postgres_stopped" in err
     assert (tmp_path / "data" / "dev-client-secret").stat().st_mode & 0o077 == 0
+
+
+# --- start-up with a rules file --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "1"], ["worker"]])
+def test_the_service_refuses_to_start_with_an_invalid_rules_file(
+    database_url: str, tmp_path: Path, command: list[str]
+) -> None:
+    env = {
+        "DATABASE_URL": database_url,
+        "HUBSPOT_CLIENT_SECRET": CLIENT_SECRET,
+        "RULES_FILE": str(INVALID_RULES),
+        "DATA_DIR": str(tmp_path),
+    }
+
+    result = run_cli(*command, env=env)
+
+    assert result.returncode == 2, result.stderr
+    assert "invalid rules" in result.stderr
+    assert f"{INVALID_RULES}:{invalid_rule_lines()[1]}: " in result.stderr
+    assert "unknown object 'leads'" in result.stderr
+
+
+def test_the_worker_starts_with_a_valid_rules_file(clean_db: str, tmp_path: Path) -> None:
+    env = {
+        "DATABASE_URL": clean_db,
+        "RULES_FILE": str(EXAMPLE_RULES),
+        "DATA_DIR": str(tmp_path),
+        "LOG_LEVEL": "WARNING",
+    }
+
+    result = run_cli("worker", "--drain", env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert "ran 0 actions" in result.stderr
+
+
+def test_a_rules_file_that_does_not_exist_stops_start_up_naming_rules_file(
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("HUBSPOT_CLIENT_SECRET", CLIENT_SECRET)
+    monkeypatch.setenv("RULES_FILE", str(tmp_path / "nope.toml"))
+
+    assert cli.main(["worker"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "RULES_FILE" in line
+    assert "nope.toml" in line

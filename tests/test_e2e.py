@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import CLIENT_SECRET
+from tests.factories import CLIENT_SECRET
+from tests.support import free_port, run_cli
 
 STARTUP_SECONDS = 30
 
@@ -31,14 +31,6 @@ def base_env(tmp_path: Path) -> dict[str, str]:
     env = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
     env["DATA_DIR"] = str(tmp_path / "data")
     return env
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound and released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @dataclass
@@ -118,14 +110,7 @@ def _wait_until_ready(server: Server) -> None:
 
 def send(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`python -m service send ARGS` with no secret in its environment (only --secret)."""
-    return subprocess.run(
-        [sys.executable, "-m", "service", "send", *args],
-        env=base_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli("send", *args, env={"DATA_DIR": str(tmp_path / "data")}, timeout=120)
 
 
 def stored_rows(engine: sa.Engine) -> list[sa.RowMapping]:

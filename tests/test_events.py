@@ -18,26 +18,7 @@ from service.events import (
     normalise,
     object_type_from_id,
 )
-
-PORTAL = 62515
-APP = 54321
-
-
-def hubspot_event(subscription_type: str, **fields: Any) -> dict[str, Any]:
-    """An event as HubSpot delivers it: the common fields, then the kind's own."""
-    event: dict[str, Any] = {
-        "eventId": 1001,
-        "subscriptionId": 12345,
-        "portalId": PORTAL,
-        "appId": APP,
-        "occurredAt": 1_700_000_000_000,
-        "subscriptionType": subscription_type,
-        "attemptNumber": 0,
-        "changeSource": "CRM_UI",
-    }
-    event.update(fields)
-    return event
-
+from tests.factories import APP_ID, PORTAL, hubspot_event
 
 # --- classic subscription types --------------------------------------------------------------
 
@@ -93,7 +74,7 @@ def test_classic_property_change_keeps_the_common_fields() -> None:
     event = normalise(77, raw)
     assert event.inbox_id == 77
     assert event.portal_id == PORTAL
-    assert event.app_id == APP
+    assert event.app_id == APP_ID
     assert event.object_type == "contacts"
     assert event.object_id == 123
     assert event.kind is Kind.PROPERTY_CHANGE
@@ -161,7 +142,7 @@ def test_numeric_strings_are_read_as_ids() -> None:
     raw = hubspot_event("company.creation", objectId="456", appId="54321")
     event = normalise(1, raw)
     assert event.object_id == 456
-    assert event.app_id == APP
+    assert event.app_id == APP_ID
 
 
 def test_conversation_new_message_is_kind_other_and_not_mirrored() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,21 +23,11 @@ from hubspot.crm.contacts.exceptions import (
 from hubspot.crm.objects import notes as sdk_notes
 from hubspot.crm.objects import tasks as sdk_tasks
 
+from tests.factories import OTHER_PORTAL, PORTAL, TOKEN
 from tests.fake_hubspot import SEARCH_RESULT_CAP, Call, FakeHubSpot, epoch_ms
 
-PORTAL = 62515
-TOKEN = "pat-na1-00000000-0000-4000-8000-000000062515"
-OTHER_PORTAL = 77001
 OTHER_TOKEN = "pat-na1-00000000-0000-4000-8000-000000077001"
 REDIRECT_URI = "https://receiver.example.com/oauth/callback"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeHubSpot]:
-    """A running fake, seeded from tests/payloads/hubspot_seed.json."""
-    with FakeHubSpot() as server:
-        server.load_seed_file()
-        yield server
 
 
 def sdk(fake: FakeHubSpot, token: str = TOKEN, **config: Any) -> Any:

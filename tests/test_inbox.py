@@ -14,47 +14,23 @@ import pytest
 import sqlalchemy as sa
 
 from service import db, inbox
+from tests.factories import PORTAL, hubspot_event, numbered_event
 
-PORTAL = 62515
 INT64_MAX = 2**63 - 1
-
-
-def hubspot_event(event_id: int = 1, **fields: Any) -> dict[str, Any]:
-    """A contact.propertyChange as HubSpot sends it; keyword arguments override fields."""
-    event: dict[str, Any] = {
-        "eventId": event_id,
-        "subscriptionId": 12345,
-        "portalId": PORTAL,
-        "appId": 54321,
-        "occurredAt": 1_700_000_000_000 + event_id,
-        "subscriptionType": "contact.propertyChange",
-        "attemptNumber": 0,
-        "objectId": 100 + event_id,
-        "propertyName": "email",
-        "propertyValue": f"person{event_id}@example.com",
-        "changeSource": "CRM_UI",
-    }
-    event.update(fields)
-    return event
 
 
 def association_event(event_id: int, from_id: int, to_id: int) -> dict[str, Any]:
     """A classic contact.associationChange: no objectId, the object is in fromObjectId."""
-    return {
-        "eventId": event_id,
-        "subscriptionId": 777,
-        "portalId": PORTAL,
-        "appId": 54321,
-        "occurredAt": 1_700_000_000_000,
-        "subscriptionType": "contact.associationChange",
-        "attemptNumber": 0,
-        "changeSource": "CRM_UI",
-        "associationType": "CONTACT_TO_COMPANY",
-        "fromObjectId": from_id,
-        "toObjectId": to_id,
-        "associationRemoved": False,
-        "isPrimaryAssociation": False,
-    }
+    return hubspot_event(
+        "contact.associationChange",
+        eventId=event_id,
+        subscriptionId=777,
+        associationType="CONTACT_TO_COMPANY",
+        fromObjectId=from_id,
+        toObjectId=to_id,
+        associationRemoved=False,
+        isPrimaryAssociation=False,
+    )
 
 
 def body(events: Any) -> bytes:
@@ -88,16 +64,16 @@ def rows(engine: sa.Engine) -> list[Any]:
 
 
 def test_array_of_events_is_a_batch_and_its_text_is_kept() -> None:
-    raw = body([hubspot_event(1), hubspot_event(2)])
+    raw = body([numbered_event(1), numbered_event(2)])
     batch = inbox.parse_batch(raw)
     assert [e["eventId"] for e in batch.events] == [1, 2]
     assert batch.json_text == raw.decode()
 
 
 def test_single_object_is_a_batch_of_one() -> None:
-    batch = inbox.parse_batch(body(hubspot_event(7)))
+    batch = inbox.parse_batch(body(numbered_event(7)))
     assert [e["eventId"] for e in batch.events] == [7]
-    assert json.loads(batch.json_text) == [hubspot_event(7)]
+    assert json.loads(batch.json_text) == [numbered_event(7)]
 
 
 def test_empty_array_is_an_empty_batch() -> None:
@@ -105,13 +81,13 @@ def test_empty_array_is_an_empty_batch() -> None:
 
 
 def test_old_event_type_field_is_accepted_instead_of_subscription_type() -> None:
-    event = hubspot_event()
+    event = numbered_event()
     event["eventType"] = event.pop("subscriptionType")
     assert inbox.parse_batch(body([event])).events == [event]
 
 
 def test_optional_ids_may_be_absent_or_null() -> None:
-    event = hubspot_event(subscriptionId=None)
+    event = numbered_event(subscriptionId=None)
     del event["objectId"]
     assert inbox.parse_batch(body([event])).events == [event]
 
@@ -140,7 +116,7 @@ def test_body_that_is_not_utf8_is_rejected() -> None:
     [("5", "number"), ('"x"', "string"), ("[]", "array"), ("null", "null")],
 )
 def test_element_that_is_not_an_object_is_rejected_by_index(element: str, got: str) -> None:
-    raw = f"[{json.dumps(hubspot_event())}, {element}]".encode()
+    raw = f"[{json.dumps(numbered_event())}, {element}]".encode()
     with pytest.raises(
         inbox.InvalidBatch, match=rf"^event \[1\] must be a JSON object, got {got}$"
     ):
@@ -149,15 +125,15 @@ def test_element_that_is_not_an_object_is_rejected_by_index(element: str, got: s
 
 @pytest.mark.parametrize("name", ["eventId", "portalId", "occurredAt"])
 def test_missing_required_field_is_named_with_the_element_index(name: str) -> None:
-    broken = hubspot_event(3)
+    broken = numbered_event(3)
     del broken[name]
-    events = [hubspot_event(1), hubspot_event(2), broken]
+    events = [numbered_event(1), numbered_event(2), broken]
     with pytest.raises(inbox.InvalidBatch, match=rf"event \[2\].*missing required field {name}$"):
         inbox.parse_batch(body(events))
 
 
 def test_message_names_the_event_id_when_it_is_readable() -> None:
-    broken = hubspot_event(41)
+    broken = numbered_event(41)
     del broken["portalId"]
     with pytest.raises(
         inbox.InvalidBatch, match=r"^event \[0\] \(eventId 41\): missing required field portalId$"
@@ -166,7 +142,7 @@ def test_message_names_the_event_id_when_it_is_readable() -> None:
 
 
 def test_missing_subscription_type_is_rejected() -> None:
-    broken = hubspot_event()
+    broken = numbered_event()
     del broken["subscriptionType"]
     with pytest.raises(inbox.InvalidBatch, match="missing required field subscriptionType"):
         inbox.parse_batch(body([broken]))
@@ -174,7 +150,7 @@ def test_missing_subscription_type_is_rejected() -> None:
 
 @pytest.mark.parametrize("value", ["", 5, None])
 def test_subscription_type_must_be_a_non_empty_string(value: object) -> None:
-    broken = hubspot_event(subscriptionType=value)
+    broken = numbered_event(subscriptionType=value)
     if value is None:
         broken["eventType"] = ""
     with pytest.raises(inbox.InvalidBatch, match="subscriptionType must be a non-empty string"):
@@ -196,7 +172,7 @@ def test_subscription_type_must_be_a_non_empty_string(value: object) -> None:
     ],
 )
 def test_ill_typed_id_is_rejected_with_its_json_type(name: str, value: object, got: str) -> None:
-    events = [hubspot_event(1), hubspot_event(2, **{name: value})]
+    events = [numbered_event(1), numbered_event(2, **{name: value})]
     with pytest.raises(
         inbox.InvalidBatch,
         match=rf"^event \[1\].*: {name} must be a non-negative integer, got {got}$",
@@ -206,13 +182,13 @@ def test_ill_typed_id_is_rejected_with_its_json_type(name: str, value: object, g
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_nan_and_infinity_are_rejected(constant: str) -> None:
-    raw = body([hubspot_event()]).replace(b'"CRM_UI"', constant.encode())
+    raw = body([numbered_event()]).replace(b'"CRM_UI"', constant.encode())
     with pytest.raises(inbox.InvalidBatch, match=f"{constant} is not a JSON number"):
         inbox.parse_batch(raw)
 
 
 def test_largest_int64_is_accepted() -> None:
-    event = hubspot_event(INT64_MAX, portalId=INT64_MAX, occurredAt=INT64_MAX, objectId=INT64_MAX)
+    event = numbered_event(INT64_MAX, portalId=INT64_MAX, occurredAt=INT64_MAX, objectId=INT64_MAX)
     assert inbox.parse_batch(body([event])).events == [event]
 
 
@@ -221,7 +197,7 @@ def test_integer_outside_int64_is_rejected(name: str) -> None:
     with pytest.raises(
         inbox.InvalidBatch, match=f"{name} must be a non-negative integer, got out-of-range number"
     ):
-        inbox.parse_batch(body([hubspot_event(**{name: INT64_MAX + 1})]))
+        inbox.parse_batch(body([numbered_event(**{name: INT64_MAX + 1})]))
 
 
 def test_unicode_and_escapes_are_decoded_and_the_raw_text_is_kept() -> None:
@@ -235,7 +211,7 @@ def test_unicode_and_escapes_are_decoded_and_the_raw_text_is_kept() -> None:
 
 
 def test_escaped_surrogate_pair_is_decoded_to_its_character() -> None:
-    raw = body([hubspot_event(propertyValue="smile \U0001f600")])
+    raw = body([numbered_event(propertyValue="smile \U0001f600")])
     assert b"\\ud83d\\ude00" in raw
     batch = inbox.parse_batch(raw)
     assert batch.events[0]["propertyValue"] == "smile \U0001f600"
@@ -256,7 +232,7 @@ def test_nul_and_lone_surrogates_become_replacement_characters() -> None:
 
 
 def test_escaped_backslash_before_u0000_text_is_left_as_text() -> None:
-    raw = body([hubspot_event(propertyValue="C:\\u0000dir")])
+    raw = body([numbered_event(propertyValue="C:\\u0000dir")])
     batch = inbox.parse_batch(raw)
     assert batch.events[0]["propertyValue"] == "C:\\u0000dir"
 
@@ -265,7 +241,7 @@ def test_escaped_backslash_before_u0000_text_is_left_as_text() -> None:
 
 
 def test_delivery_is_stored_with_its_columns(clean_db: str, engine: sa.Engine) -> None:
-    event = hubspot_event(5, subscriptionId=999)
+    event = numbered_event(5, subscriptionId=999)
     result = record_body(clean_db, body([event]), version="v1")
     assert (result.received, result.stored, result.duplicates) == (1, 1, 0)
     (row,) = rows(engine)
@@ -284,7 +260,7 @@ def test_empty_batch_records_nothing(clean_db: str, engine: sa.Engine) -> None:
 
 
 def test_same_event_twice_in_one_body_is_stored_once(clean_db: str, engine: sa.Engine) -> None:
-    result = record(clean_db, [hubspot_event(1), hubspot_event(1), hubspot_event(2)])
+    result = record(clean_db, [numbered_event(1), numbered_event(1), numbered_event(2)])
     assert (result.received, result.stored, result.duplicates) == (3, 2, 1)
     assert [r.event_id for r in rows(engine)] == [1, 2]
 
@@ -292,8 +268,8 @@ def test_same_event_twice_in_one_body_is_stored_once(clean_db: str, engine: sa.E
 def test_retry_with_a_different_attempt_number_is_stored_once(
     clean_db: str, engine: sa.Engine
 ) -> None:
-    assert record(clean_db, [hubspot_event(1, attemptNumber=0)]).stored == 1
-    retry = record(clean_db, [hubspot_event(1, attemptNumber=3)])
+    assert record(clean_db, [numbered_event(1, attemptNumber=0)]).stored == 1
+    retry = record(clean_db, [numbered_event(1, attemptNumber=3)])
     assert (retry.stored, retry.duplicates) == (0, 1)
     (row,) = rows(engine)
     assert row.payload["attemptNumber"] == 0
@@ -311,7 +287,7 @@ def test_retry_with_a_different_attempt_number_is_stored_once(
 def test_same_event_id_about_something_else_is_stored_twice(
     change: dict[str, int], clean_db: str, engine: sa.Engine
 ) -> None:
-    first = hubspot_event(1)
+    first = numbered_event(1)
     other = {**first, **change}
     assert record(clean_db, [first]).stored == 1
     assert record(clean_db, [other]).stored == 1
@@ -334,7 +310,7 @@ def test_association_events_are_deduplicated_by_from_object_id(
 def test_missing_subscription_id_and_object_id_are_keyed_as_zero(
     clean_db: str, engine: sa.Engine
 ) -> None:
-    event = hubspot_event(1, subscriptionType="contact.privacyDeletion")
+    event = numbered_event(1, subscriptionType="contact.privacyDeletion")
     del event["subscriptionId"], event["objectId"]
     assert record(clean_db, [event, event]).stored == 1
     (row,) = rows(engine)
@@ -344,7 +320,7 @@ def test_missing_subscription_id_and_object_id_are_keyed_as_zero(
 def test_event_type_names_the_row_when_subscription_type_is_absent(
     clean_db: str, engine: sa.Engine
 ) -> None:
-    event = hubspot_event(1)
+    event = numbered_event(1)
     event["eventType"] = event.pop("subscriptionType")
     record(clean_db, [event])
     assert rows(engine)[0].subscription_type == "contact.propertyChange"
@@ -361,7 +337,7 @@ def test_body_with_nul_and_lone_surrogate_is_storable(clean_db: str, engine: sa.
 
 def test_unicode_is_stored_unchanged(clean_db: str, engine: sa.Engine) -> None:
     value = 'Bj\u00f6rk \u6771\u4eac \U0001f600 \\ "quoted"'
-    record(clean_db, [hubspot_event(1, propertyValue=value)])
+    record(clean_db, [numbered_event(1, propertyValue=value)])
     assert rows(engine)[0].payload["propertyValue"] == value
 
 
@@ -382,7 +358,7 @@ def test_huge_number_next_to_a_nul_is_refused_not_retried_forever() -> None:
 @pytest.fixture
 def stored(clean_db: str) -> list[int]:
     """Three pending rows in the inbox; their ids."""
-    record(clean_db, [hubspot_event(i) for i in (1, 2, 3)])
+    record(clean_db, [numbered_event(i) for i in (1, 2, 3)])
     return [1, 2, 3]
 
 
@@ -421,7 +397,7 @@ def test_claim_due_returns_pending_rows_oldest_first_up_to_the_limit(
 ) -> None:
     claimed = claim(engine, limit=2)
     assert [c.id for c in claimed] == [1, 2]
-    assert claimed[0].payload == hubspot_event(1)
+    assert claimed[0].payload == numbered_event(1)
 
 
 def test_rows_another_transaction_holds_are_skipped(stored: list[int], database_url: str) -> None:
@@ -509,8 +485,8 @@ def mixed(clean_db: str) -> str:
     record(
         clean_db,
         [
-            hubspot_event(1, objectId=101, propertyValue="ada@example.com"),
-            hubspot_event(
+            numbered_event(1, objectId=101, propertyValue="ada@example.com"),
+            numbered_event(
                 2,
                 subscriptionType="object.propertyChange",
                 objectTypeId="0-1",
@@ -518,14 +494,14 @@ def mixed(clean_db: str) -> str:
                 propertyName="firstname",
                 propertyValue="Ada",
             ),
-            hubspot_event(3, objectId=102, propertyValue="grace@example.com"),
-            hubspot_event(4, portalId=999, objectId=101, propertyValue="other@example.com"),
-            hubspot_event(
+            numbered_event(3, objectId=102, propertyValue="grace@example.com"),
+            numbered_event(4, portalId=999, objectId=101, propertyValue="other@example.com"),
+            numbered_event(
                 5, subscriptionType="company.propertyChange", objectId=101, propertyValue="Acme"
             ),
         ],
     )
-    creation = hubspot_event(6, subscriptionType="contact.creation", objectId=101)
+    creation = numbered_event(6, subscriptionType="contact.creation", objectId=101)
     del creation["propertyName"], creation["propertyValue"]
     record(clean_db, [creation])
     return clean_db

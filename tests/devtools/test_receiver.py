@@ -46,16 +46,20 @@ ENVELOPE: dict[str, Any] = {
 
 
 @dataclass
-class Receiver:
+class ReceiverApp:
+    """The receiver's app under Starlette's TestClient, and what it printed."""
+
     client: TestClient
     out: io.StringIO
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
+def receiver_app() -> Iterator[ReceiverApp]:
+    """The receiver's app with SECRET (named apart from the `receiver` fixture of
+    tests/conftest.py, the local target of actions)."""
     out = io.StringIO()
     with TestClient(create_receiver(SECRET, out=out)) as client:
-        yield Receiver(client, out)
+        yield ReceiverApp(client, out)
 
 
 def encode(body: Any) -> bytes:
@@ -77,68 +81,68 @@ def signed_headers(
 
 
 def post(
-    receiver: Receiver, body: bytes, headers: dict[str, Any], path: str = "/"
+    receiver_app: ReceiverApp, body: bytes, headers: dict[str, Any], path: str = "/"
 ) -> httpx2.Response:
-    return receiver.client.post(path, content=body, headers=headers)
+    return receiver_app.client.post(path, content=body, headers=headers)
 
 
-def test_signed_delivery_is_accepted_and_printed(receiver: Receiver) -> None:
+def test_signed_delivery_is_accepted_and_printed(receiver_app: ReceiverApp) -> None:
     body = encode(ENVELOPE)
-    response = post(receiver, body, signed_headers(body, msg_id="run_41"))
+    response = post(receiver_app, body, signed_headers(body, msg_id="run_41"))
     assert response.status_code == 204
-    assert receiver.out.getvalue() == (
+    assert receiver_app.out.getvalue() == (
         "verified delivery run_41: rule 'deal won', deals.property_change deals:8"
         " dealstage=closedwon\n"
     )
 
 
-def test_delivery_on_any_path_is_accepted(receiver: Receiver) -> None:
+def test_delivery_on_any_path_is_accepted(receiver_app: ReceiverApp) -> None:
     body = encode(ENVELOPE)
-    response = post(receiver, body, signed_headers(body), path="/hooks/deals?source=hubspot")
+    response = post(receiver_app, body, signed_headers(body), path="/hooks/deals?source=hubspot")
     assert response.status_code == 204
 
 
-def test_unicode_body_is_verified_byte_for_byte(receiver: Receiver) -> None:
+def test_unicode_body_is_verified_byte_for_byte(receiver_app: ReceiverApp) -> None:
     envelope = {**ENVELOPE, "rule": "Gew\u00e4hlt \u6771\u4eac \U0001f600"}
     body = encode(envelope)
-    assert post(receiver, body, signed_headers(body)).status_code == 204
-    assert "Gew\u00e4hlt \u6771\u4eac \U0001f600" in receiver.out.getvalue()
+    assert post(receiver_app, body, signed_headers(body)).status_code == 204
+    assert "Gew\u00e4hlt \u6771\u4eac \U0001f600" in receiver_app.out.getvalue()
 
 
-def test_retry_of_a_delivery_is_printed_as_a_retry(receiver: Receiver) -> None:
+def test_retry_of_a_delivery_is_printed_as_a_retry(receiver_app: ReceiverApp) -> None:
     body = encode(ENVELOPE)
-    assert post(receiver, body, signed_headers(body, msg_id="run_7")).status_code == 204
-    assert post(receiver, body, signed_headers(body, msg_id="run_7")).status_code == 204
-    first, second = receiver.out.getvalue().splitlines()
+    assert post(receiver_app, body, signed_headers(body, msg_id="run_7")).status_code == 204
+    assert post(receiver_app, body, signed_headers(body, msg_id="run_7")).status_code == 204
+    first, second = receiver_app.out.getvalue().splitlines()
     assert "retry" not in first
     assert second.startswith("verified delivery run_7 (a retry of a delivery already received)")
 
 
-def test_any_one_matching_signature_of_several_is_enough(receiver: Receiver) -> None:
+def test_any_one_matching_signature_of_several_is_enough(receiver_app: ReceiverApp) -> None:
     # During a secret rotation the sender signs with both secrets, space separated.
     body = encode(ENVELOPE)
     headers = signed_headers(body)
     old = signed_headers(body, secret=OTHER_SECRET, timestamp=int(headers["webhook-timestamp"]))
     headers["webhook-signature"] = f"{old['webhook-signature']} {headers['webhook-signature']}"
-    assert post(receiver, body, headers).status_code == 204
+    assert post(receiver_app, body, headers).status_code == 204
 
 
-def test_signed_body_that_is_not_json_is_still_accepted(receiver: Receiver) -> None:
+def test_signed_body_that_is_not_json_is_still_accepted(receiver_app: ReceiverApp) -> None:
     body = b"plain text"
-    assert post(receiver, body, signed_headers(body, msg_id="run_3")).status_code == 204
-    assert receiver.out.getvalue().startswith("verified delivery run_3: rule None")
+    assert post(receiver_app, body, signed_headers(body, msg_id="run_3")).status_code == 204
+    assert receiver_app.out.getvalue().startswith("verified delivery run_3: rule None")
 
 
-def test_signed_json_array_body_is_accepted(receiver: Receiver) -> None:
+def test_signed_json_array_body_is_accepted(receiver_app: ReceiverApp) -> None:
     body = encode([ENVELOPE])
-    assert post(receiver, body, signed_headers(body)).status_code == 204
+    assert post(receiver_app, body, signed_headers(body)).status_code == 204
 
 
 @pytest.mark.parametrize(
     "tamper",
     ["other secret", "changed body", "changed id", "changed timestamp", "not base64"],
 )
-def test_bad_signature_is_refused_with_401(receiver: Receiver, tamper: str) -> None:
+def test_bad_signature_is_refused_with_401(receiver_app: ReceiverApp, tamper: str) -> None:
     body = encode(ENVELOPE)
     headers = signed_headers(body, msg_id="run_9")
     if tamper == "other secret":
@@ -151,80 +155,82 @@ def test_bad_signature_is_refused_with_401(receiver: Receiver, tamper: str) -> N
         headers["webhook-timestamp"] = str(int(headers["webhook-timestamp"]) - 1)
     else:
         headers["webhook-signature"] = "v1,!!!"
-    response = post(receiver, body, headers)
+    response = post(receiver_app, body, headers)
     assert response.status_code == 401
     assert response.json() == {"error": "bad_signature"}
-    assert receiver.out.getvalue().startswith("rejected run_")
-    assert receiver.out.getvalue().endswith(": bad signature\n")
+    assert receiver_app.out.getvalue().startswith("rejected run_")
+    assert receiver_app.out.getvalue().endswith(": bad signature\n")
 
 
-def test_non_ascii_signature_is_refused_with_401(receiver: Receiver) -> None:
+def test_non_ascii_signature_is_refused_with_401(receiver_app: ReceiverApp) -> None:
     body = encode(ENVELOPE)
     headers: dict[str, Any] = signed_headers(body)
     headers["webhook-signature"] = "v1,\u00e9".encode("latin-1")
-    assert post(receiver, body, headers).status_code == 401
+    assert post(receiver_app, body, headers).status_code == 401
 
 
-def test_signature_of_another_version_is_refused(receiver: Receiver) -> None:
+def test_signature_of_another_version_is_refused(receiver_app: ReceiverApp) -> None:
     body = encode(ENVELOPE)
     headers = signed_headers(body)
     headers["webhook-signature"] = headers["webhook-signature"].replace("v1,", "v1a,", 1)
-    assert post(receiver, body, headers).status_code == 401
+    assert post(receiver_app, body, headers).status_code == 401
 
 
 @pytest.mark.parametrize("offset", [-301, -3600, 301, 3600])
 def test_timestamp_outside_five_minutes_is_refused_with_400(
-    receiver: Receiver, offset: int
+    receiver_app: ReceiverApp, offset: int
 ) -> None:
     body = encode(ENVELOPE)
     headers = signed_headers(body, msg_id="run_5", timestamp=int(time.time()) + offset)
-    response = post(receiver, body, headers)
+    response = post(receiver_app, body, headers)
     assert response.status_code == 400
     assert response.json() == {"error": "stale_timestamp"}
-    assert receiver.out.getvalue() == "rejected run_5: timestamp outside 5 minutes\n"
+    assert receiver_app.out.getvalue() == "rejected run_5: timestamp outside 5 minutes\n"
 
 
-def test_timestamp_just_inside_five_minutes_is_accepted(receiver: Receiver) -> None:
+def test_timestamp_just_inside_five_minutes_is_accepted(receiver_app: ReceiverApp) -> None:
     body = encode(ENVELOPE)
     headers = signed_headers(body, timestamp=int(time.time()) - 290)
-    assert post(receiver, body, headers).status_code == 204
+    assert post(receiver_app, body, headers).status_code == 204
 
 
 @pytest.mark.parametrize("header", ["webhook-id", "webhook-timestamp", "webhook-signature"])
-def test_missing_header_is_refused_with_400(receiver: Receiver, header: str) -> None:
+def test_missing_header_is_refused_with_400(receiver_app: ReceiverApp, header: str) -> None:
     body = encode(ENVELOPE)
     headers = signed_headers(body)
     del headers[header]
-    response = post(receiver, body, headers)
+    response = post(receiver_app, body, headers)
     assert response.status_code == 400
     assert response.json() == {"error": "missing_headers"}
-    assert receiver.out.getvalue().startswith("rejected: missing")
+    assert receiver_app.out.getvalue().startswith("rejected: missing")
 
 
 @pytest.mark.parametrize("timestamp", ["", "soon", "1.7e9", "-5"])
-def test_unreadable_timestamp_is_refused_with_400(receiver: Receiver, timestamp: str) -> None:
+def test_unreadable_timestamp_is_refused_with_400(
+    receiver_app: ReceiverApp, timestamp: str
+) -> None:
     body = encode(ENVELOPE)
     headers = signed_headers(body)
     headers["webhook-timestamp"] = timestamp
-    response = post(receiver, body, headers)
+    response = post(receiver_app, body, headers)
     assert response.status_code == 400
     assert response.json() == {"error": "missing_headers"}
 
 
-def test_only_post_is_answered(receiver: Receiver) -> None:
-    assert receiver.client.get("/").status_code == 405
-    assert receiver.out.getvalue() == ""
+def test_only_post_is_answered(receiver_app: ReceiverApp) -> None:
+    assert receiver_app.client.get("/").status_code == 405
+    assert receiver_app.out.getvalue() == ""
 
 
-def test_nothing_secret_is_printed(receiver: Receiver) -> None:
+def test_nothing_secret_is_printed(receiver_app: ReceiverApp) -> None:
     body = encode(ENVELOPE)
     good = signed_headers(body, msg_id="run_1")
     wrong = signed_headers(body, msg_id="run_2", secret=OTHER_SECRET)
     stale = signed_headers(body, msg_id="run_3", timestamp=int(time.time()) - 3600)
     for headers in (good, wrong, stale):
-        post(receiver, body, headers)
-    post(receiver, body, {k: v for k, v in good.items() if k != "webhook-id"})
-    printed = receiver.out.getvalue()
+        post(receiver_app, body, headers)
+    post(receiver_app, body, {k: v for k, v in good.items() if k != "webhook-id"})
+    printed = receiver_app.out.getvalue()
     assert len(printed.splitlines()) == 4
     for secret in (SECRET, OTHER_SECRET):
         assert secret not in printed

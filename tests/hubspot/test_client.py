@@ -1,8 +1,9 @@
-"""service.hubspot client, oauth tokens and ratelimit against the fake HubSpot and a real Postgres.
+"""service.hubspot.client: CRM calls, retries, call counts and rate limits against the fake
+HubSpot and a real Postgres.
 
 Waits that would slow the suite go through fake sleeps: `Sleeps` records backoff pauses,
 `DbClock` makes the shared limiter believe time passed (it moves the stored call times back),
-`RefuseToWait` stops at the first wait and says how long it would have been. One test runs in
+`refuse_to_wait` stops at the first wait and says how long it would have been. One test runs in
 real time: threads sharing one budget never see a 429.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,55 +23,19 @@ from service.hubspot.client import (
     HubSpotApi,
     HubSpotError,
     HubSpotUnavailable,
-    NeedsReinstall,
-    NoToken,
     default_budgets,
     from_settings,
 )
-from service.hubspot.oauth import Tokens, portals_needing_reinstall, save_tokens
-from service.hubspot.ratelimit import SAFETY_MARGIN_MS, Budget, RateLimiter
+from service.hubspot.ratelimit import SAFETY_MARGIN_MS, Budget
 from service.settings import Settings
+from tests.factories import PORTAL, TOKEN
 from tests.fake_hubspot import FakeHubSpot, epoch_ms
+from tests.support import DbClock, MakeApi, Sleeps
 
-PORTAL = 62515
-TOKEN = "pat-na1-00000000-0000-4000-8000-000000062515"
-OTHER_PORTAL = 77001
 BATCH_READ = "/crm/v3/objects/contacts/batch/read"
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-class Sleeps:
-    """A fake `sleep` that records each pause; `real=True` also waits."""
-
-    def __init__(self, *, real: bool = False) -> None:
-        self.real = real
-        self.pauses: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.pauses.append(seconds)
-        if self.real:
-            time.sleep(seconds)
-
-
-class DbClock(Sleeps):
-    """A limiter `sleep` that advances the limiter's clock: stored call times move back."""
-
-    def __init__(self, engine: sa.Engine) -> None:
-        super().__init__()
-        self.engine = engine
-
-    def __call__(self, seconds: float) -> None:
-        super().__call__(seconds)
-        with self.engine.begin() as connection:
-            connection.execute(
-                sa.text(
-                    "UPDATE rate_limits SET calls = ARRAY(SELECT t - :ms FROM unnest(calls) t),"
-                    " blocked_until_ms = blocked_until_ms - :ms"
-                ),
-                {"ms": int(seconds * 1000) + 1},
-            )
 
 
 class Slept(Exception):
@@ -85,54 +49,6 @@ class Slept(Exception):
 def refuse_to_wait(seconds: float) -> None:
     """A limiter `sleep` that stops the call instead of waiting."""
     raise Slept(seconds)
-
-
-def make_api(
-    engine: sa.Engine,
-    fake: FakeHubSpot,
-    *,
-    token: str | None = TOKEN,
-    sleep: Callable[[float], None] | None = None,
-    limiter_sleep: Callable[[float], None] | None = None,
-    budgets: dict[str, Budget] | None = None,
-) -> HubSpotApi:
-    """An API client on the fake: the private app token by default, OAuth with `token=None`."""
-    return HubSpotApi(
-        engine=engine,
-        base_url=fake.url,
-        limiter=RateLimiter(
-            engine, budgets or default_budgets(), sleep=limiter_sleep or time.sleep
-        ),
-        private_token=token,
-        client_id=fake.client_id,
-        client_secret=fake.client_secret,
-        sleep=sleep or Sleeps(),
-    )
-
-
-def install(
-    engine: sa.Engine, fake: FakeHubSpot, portal_id: int, *, expires_in: timedelta
-) -> Tokens:
-    """OAuth tokens for `portal_id`, stored as the install would, expiring in `expires_in`."""
-    access_token, refresh_token = fake.issue_tokens(portal_id)
-    tokens = Tokens(access_token, refresh_token, db.utcnow() + expires_in)
-    save_tokens(engine, portal_id, tokens, "oauth crm.objects.contacts.read")
-    return tokens
-
-
-def token_row(engine: sa.Engine, portal_id: int) -> Any:
-    with engine.connect() as connection:
-        return connection.execute(
-            sa.text("SELECT * FROM hubspot_tokens WHERE portal_id = :p"), {"p": portal_id}
-        ).one()
-
-
-def set_expiry(engine: sa.Engine, portal_id: int, expires_in: timedelta) -> None:
-    with engine.begin() as connection:
-        connection.execute(
-            sa.text("UPDATE hubspot_tokens SET expires_at = :x WHERE portal_id = :p"),
-            {"p": portal_id, "x": db.utcnow() + expires_in},
-        )
 
 
 def api_calls(engine: sa.Engine) -> dict[tuple[int, str, str], int]:
@@ -150,20 +66,6 @@ def rate_limit_row(engine: sa.Engine, portal_id: int, bucket: str) -> Any:
             sa.text("SELECT * FROM rate_limits WHERE portal_id = :p AND bucket = :b"),
             {"p": portal_id, "b": bucket},
         ).one()
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeHubSpot]:
-    """A running fake HubSpot with the seed portals (62515 and 77001) and their tokens."""
-    with FakeHubSpot() as server:
-        server.load_seed_file()
-        yield server
-
-
-@pytest.fixture
-def api(clean_db: str, engine: sa.Engine, fake: FakeHubSpot) -> HubSpotApi:
-    """The private app client for portal 62515, on a clean database."""
-    return make_api(engine, fake)
 
 
 # --- CRM calls -------------------------------------------------------------------------------
@@ -254,10 +156,10 @@ def test_pipelines_list_stages_with_their_ids(api: HubSpotApi) -> None:
 
 
 def test_server_errors_are_retried_with_growing_backoff(
-    clean_db: str, engine: sa.Engine, fake: FakeHubSpot
+    clean_db: str, engine: sa.Engine, fake: FakeHubSpot, make_api: MakeApi
 ) -> None:
     sleeps = Sleeps()
-    api = make_api(engine, fake, sleep=sleeps)
+    api = make_api(sleep=sleeps)
     fake.fail_next(2, status=500)
     fake.fail_next(1, status=503)
 
@@ -278,10 +180,10 @@ def test_server_errors_are_retried_with_growing_backoff(
 
 
 def test_dropped_connections_are_retried(
-    clean_db: str, engine: sa.Engine, fake: FakeHubSpot
+    clean_db: str, engine: sa.Engine, fake: FakeHubSpot, make_api: MakeApi
 ) -> None:
     sleeps = Sleeps()
-    api = make_api(engine, fake, sleep=sleeps)
+    api = make_api(sleep=sleeps)
     fake.drop_next(2)
 
     records, _ = api.batch_read(PORTAL, "contacts", [101], ["email"])
@@ -296,10 +198,10 @@ def test_dropped_connections_are_retried(
 
 
 def test_hubspot_still_failing_after_every_try_is_unavailable(
-    clean_db: str, engine: sa.Engine, fake: FakeHubSpot
+    clean_db: str, engine: sa.Engine, fake: FakeHubSpot, make_api: MakeApi
 ) -> None:
     sleeps = Sleeps()
-    api = make_api(engine, fake, sleep=sleeps)
+    api = make_api(sleep=sleeps)
     fake.fail_next(MAX_TRIES + 5, status=502)
 
     with pytest.raises(HubSpotUnavailable) as failed:
@@ -314,10 +216,10 @@ def test_hubspot_still_failing_after_every_try_is_unavailable(
 
 @pytest.mark.parametrize("status", [400, 403, 404])
 def test_other_client_errors_are_not_retried(
-    clean_db: str, engine: sa.Engine, fake: FakeHubSpot, status: int
+    clean_db: str, engine: sa.Engine, fake: FakeHubSpot, status: int, make_api: MakeApi
 ) -> None:
     sleeps = Sleeps()
-    api = make_api(engine, fake, sleep=sleeps)
+    api = make_api(sleep=sleeps)
     fake.fail_next(1, status=status)
 
     with pytest.raises(HubSpotError) as refused:
@@ -357,10 +259,10 @@ def test_a_create_that_may_have_landed_is_not_repeated(
 
 
 def test_429_blocks_the_bucket_for_retry_after_then_retries(
-    clean_db: str, engine: sa.Engine, fake: FakeHubSpot
+    clean_db: str, engine: sa.Engine, fake: FakeHubSpot, make_api: MakeApi
 ) -> None:
     waits = Sleeps(real=True)
-    api = make_api(engine, fake, limiter_sleep=waits)
+    api = make_api(limiter_sleep=waits)
     fake.fail_next(1, status=429)  # Retry-After: 1
 
     records, _ = api.batch_read(PORTAL, "contacts", [101], ["email"])
@@ -375,10 +277,10 @@ def test_429_blocks_the_bucket_for_retry_after_then_retries(
 
 
 def test_429_on_every_try_is_unavailable(
-    clean_db: str, engine: sa.Engine, fake: FakeHubSpot
+    clean_db: str, engine: sa.Engine, fake: FakeHubSpot, make_api: MakeApi
 ) -> None:
     clock = DbClock(engine)
-    api = make_api(engine, fake, limiter_sleep=clock)
+    api = make_api(limiter_sleep=clock)
     fake.fail_next(MAX_TRIES + 5, status=429)
 
     with pytest.raises(HubSpotUnavailable, match="rate limited"):
@@ -391,9 +293,9 @@ def test_429_on_every_try_is_unavailable(
 
 
 def test_a_429_on_search_does_not_block_other_calls(
-    clean_db: str, engine: sa.Engine, fake: FakeHubSpot
+    clean_db: str, engine: sa.Engine, fake: FakeHubSpot, make_api: MakeApi
 ) -> None:
-    api = make_api(engine, fake, limiter_sleep=refuse_to_wait)
+    api = make_api(limiter_sleep=refuse_to_wait)
     fake.fail_next(1, status=429, path_prefix="/crm/v3/objects/contacts/search")
 
     with pytest.raises(Slept) as waited:
@@ -409,10 +311,10 @@ def test_a_429_on_search_does_not_block_other_calls(
 
 
 def test_stricter_rate_limit_headers_are_adopted(
-    clean_db: str, engine: sa.Engine, fake: FakeHubSpot
+    clean_db: str, engine: sa.Engine, fake: FakeHubSpot, make_api: MakeApi
 ) -> None:
     fake.set_rate_limit(5, 10.0)
-    api = make_api(engine, fake, limiter_sleep=refuse_to_wait)
+    api = make_api(limiter_sleep=refuse_to_wait)
 
     for _ in range(5):
         api.batch_read(PORTAL, "contacts", [101], ["email"])
@@ -427,43 +329,15 @@ def test_stricter_rate_limit_headers_are_adopted(
 
 
 def test_looser_rate_limit_headers_never_raise_the_budget(
-    clean_db: str, engine: sa.Engine, fake: FakeHubSpot
+    clean_db: str, engine: sa.Engine, fake: FakeHubSpot, make_api: MakeApi
 ) -> None:
     fake.set_rate_limit(190, 10.0)
-    api = make_api(engine, fake, budgets=default_budgets(Budget(3, 10_000)))
+    api = make_api(budgets=default_budgets(Budget(3, 10_000)))
 
     api.batch_read(PORTAL, "contacts", [101], ["email"])
 
     row = rate_limit_row(engine, PORTAL, "api")
     assert (row.max_calls, row.window_ms) == (3, 10_000)
-
-
-def test_the_budget_is_shared_per_portal_and_bucket_through_postgres(
-    clean_db: str, engine: sa.Engine
-) -> None:
-    budgets = {"api": Budget(3, 10_000), "search": Budget(2, 1_000)}
-    one, two = DbClock(engine), DbClock(engine)
-    first, second = RateLimiter(engine, budgets, sleep=one), RateLimiter(engine, budgets, sleep=two)
-
-    waited = [
-        first.acquire(PORTAL, "api"),
-        second.acquire(PORTAL, "api"),
-        first.acquire(PORTAL, "api"),
-        second.acquire(OTHER_PORTAL, "api"),
-        first.acquire(PORTAL, "search"),
-        second.acquire(PORTAL, "search"),
-    ]
-    assert waited == [0.0] * 6
-    assert one.pauses == two.pauses == []
-
-    # The third search call waits about a second (the search window); the clock moves on.
-    assert second.acquire(PORTAL, "search") > 0
-    [search_pause] = two.pauses
-    assert 0.5 <= search_pause <= 1 + SAFETY_MARGIN_MS / 1000 + 0.01
-    # Three API calls were made in the same (fake) second: the fourth waits out the window.
-    assert first.acquire(PORTAL, "api") > 0
-    [api_pause] = one.pauses
-    assert 7.5 <= api_pause <= 10 + SAFETY_MARGIN_MS / 1000 + 0.01
 
 
 def test_the_search_bucket_allows_four_calls_a_second_by_default(
@@ -483,7 +357,7 @@ def test_the_search_bucket_allows_four_calls_a_second_by_default(
 
 
 def test_workers_sharing_one_budget_in_real_time_never_see_a_429(
-    clean_db: str, database_url: str, engine: sa.Engine, fake: FakeHubSpot
+    clean_db: str, database_url: str, engine: sa.Engine, fake: FakeHubSpot, make_api: MakeApi
 ) -> None:
     fake.set_rate_limit(10, 1.0)
     budgets = default_budgets(Budget(10, 1_000))
@@ -494,7 +368,7 @@ def test_workers_sharing_one_budget_in_real_time_never_see_a_429(
     def work() -> None:
         own = db.create_engine(database_url, pool_size=1)
         try:
-            api = make_api(own, fake, budgets=budgets)
+            api = make_api(own, budgets=budgets)
             barrier.wait()
             for _ in range(calls_each):
                 api.batch_read(PORTAL, "contacts", [101, 102], ["email"])
@@ -517,206 +391,6 @@ def test_workers_sharing_one_budget_in_real_time_never_see_a_429(
     # 24 calls at 10 per (1 s + margin): the limiter really spread them out.
     assert elapsed >= 2.0
     assert api_calls(engine) == {(PORTAL, "batch_read", "ok"): calls_each * workers}
-
-
-# --- tokens ----------------------------------------------------------------------------------
-
-
-def test_without_a_private_token_or_install_there_is_no_token(
-    clean_db: str, engine: sa.Engine, fake: FakeHubSpot
-) -> None:
-    api = make_api(engine, fake, token=None)
-
-    with pytest.raises(NoToken, match="/oauth/install"):
-        api.batch_read(PORTAL, "contacts", [101], ["email"])
-
-    assert fake.calls == []
-
-
-def test_oauth_token_is_used_until_five_minutes_before_it_expires(
-    clean_db: str, engine: sa.Engine, fake: FakeHubSpot
-) -> None:
-    tokens = install(engine, fake, PORTAL, expires_in=timedelta(minutes=6))
-    api = make_api(engine, fake, token=None)
-
-    assert api.token_for(PORTAL) == tokens.access_token
-    records, _ = api.batch_read(PORTAL, "contacts", [101], ["email"])
-    assert [r.id for r in records] == [101]
-    assert fake.refresh_count == 0
-
-    set_expiry(engine, PORTAL, timedelta(minutes=4))
-    refreshed = api.token_for(PORTAL)
-
-    assert refreshed != tokens.access_token
-    assert fake.refresh_count == 1
-    row = token_row(engine, PORTAL)
-    assert row.access_token == refreshed
-    assert row.refresh_token == tokens.refresh_token
-    # expires_at comes from HubSpot's expires_in (1800 s).
-    expected = db.utcnow() + timedelta(seconds=fake.access_token_ttl)
-    assert abs((row.expires_at - expected).total_seconds()) < 5
-    records, _ = api.batch_read(PORTAL, "contacts", [101], ["email"])
-    assert [r.id for r in records] == [101]
-    assert fake.refresh_count == 1
-
-
-def test_token_hubspot_says_expired_is_refreshed_once_and_the_call_repeated(
-    clean_db: str, engine: sa.Engine, fake: FakeHubSpot
-) -> None:
-    tokens = install(engine, fake, PORTAL, expires_in=timedelta(minutes=20))
-    fake.expire_token(tokens.access_token)
-    api = make_api(engine, fake, token=None)
-
-    records, _ = api.batch_read(PORTAL, "contacts", [101], ["email"])
-
-    assert [r.id for r in records] == [101]
-    assert [c.status for c in fake.calls if c.path == BATCH_READ] == [401, 200]
-    assert fake.refresh_count == 1
-    assert token_row(engine, PORTAL).access_token != tokens.access_token
-
-
-def test_concurrent_refreshes_across_processes_happen_once(
-    clean_db: str, database_url: str, engine: sa.Engine, fake: FakeHubSpot
-) -> None:
-    install(engine, fake, PORTAL, expires_in=timedelta(minutes=1))
-    fake.refresh_delay = 0.3
-    workers = 4
-    barrier = threading.Barrier(workers)
-    used: list[str] = []
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        # Each thread is a process of its own: its own engine, limiter and client.
-        own = db.create_engine(database_url, pool_size=2)
-        try:
-            api = make_api(own, fake, token=None)
-            barrier.wait()
-            records, _ = api.batch_read(PORTAL, "contacts", [101], ["email"])
-            assert [r.id for r in records] == [101]
-            used.append(api.token_for(PORTAL))
-        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
-            errors.append(exc)
-        finally:
-            own.dispose()
-
-    threads = [threading.Thread(target=work) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-
-    assert errors == []
-    assert fake.refresh_count == 1
-    assert fake.max_concurrent_refreshes == 1
-    assert len(set(used)) == 1
-    assert used[0] == token_row(engine, PORTAL).access_token
-
-
-def test_threads_waiting_for_another_processes_refresh_need_one_connection_each(
-    clean_db: str, database_url: str, engine: sa.Engine, fake: FakeHubSpot
-) -> None:
-    install(engine, fake, PORTAL, expires_in=timedelta(minutes=1))
-    fake.refresh_delay = 1.0
-    # Two threads of one process (say a worker's hydrate and reconcile threads) share an
-    # engine with a connection each; another process is refreshing the portal's token.
-    shared = sa.create_engine(database_url, pool_size=2, max_overflow=0, pool_timeout=3)
-    other = db.create_engine(database_url, pool_size=2)
-    results: dict[str, str | BaseException] = {}
-
-    def run(name: str, api: HubSpotApi) -> None:
-        try:
-            results[name] = api.token_for(PORTAL)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
-            results[name] = exc
-
-    try:
-        refreshing = threading.Thread(target=run, args=("other", make_api(other, fake, token=None)))
-        refreshing.start()
-        deadline = time.monotonic() + 5
-        while fake.refresh_count == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        waiting = [
-            threading.Thread(target=run, args=(name, make_api(shared, fake, token=None)))
-            for name in ("hydrate", "reconcile")
-        ]
-        for thread in waiting:
-            thread.start()
-        for thread in [refreshing, *waiting]:
-            thread.join(30)
-    finally:
-        shared.dispose()
-        other.dispose()
-
-    assert fake.refresh_count == 1
-    assert results["hydrate"] == results["reconcile"] == results["other"]
-    assert results["other"] == token_row(engine, PORTAL).access_token
-
-
-def test_revoked_refresh_token_needs_reinstall_and_other_portals_go_on(
-    clean_db: str, engine: sa.Engine, fake: FakeHubSpot
-) -> None:
-    broken = install(engine, fake, PORTAL, expires_in=timedelta(minutes=1))
-    install(engine, fake, OTHER_PORTAL, expires_in=timedelta(minutes=1))
-    fake.revoke_refresh_token(broken.refresh_token)
-    api = make_api(engine, fake, token=None)
-
-    with pytest.raises(NeedsReinstall):
-        api.batch_read(PORTAL, "contacts", [101], ["email"])
-    records, _ = api.batch_read(OTHER_PORTAL, "contacts", [101], ["email"])
-
-    assert records[0].properties["email"] == "other-portal@example.com"
-    row = token_row(engine, PORTAL)
-    assert row.needs_reinstall is True
-    assert "BAD_REFRESH_TOKEN" in row.last_error
-    assert token_row(engine, OTHER_PORTAL).needs_reinstall is False
-    assert portals_needing_reinstall(engine) == [PORTAL]
-    # Marked once: later calls fail at once, without asking HubSpot again.
-    refreshes = fake.refresh_count
-    with pytest.raises(NeedsReinstall):
-        api.batch_read(PORTAL, "contacts", [101], ["email"])
-    assert fake.refresh_count == refreshes
-    assert fake.count(BATCH_READ, portal_id=PORTAL) == 0
-    # Installing again clears the mark.
-    install(engine, fake, PORTAL, expires_in=timedelta(minutes=30))
-    assert portals_needing_reinstall(engine) == []
-    assert [r.id for r in api.batch_read(PORTAL, "contacts", [101], ["email"])[0]] == [101]
-
-
-def test_refresh_refused_by_hubspot_needs_reinstall(
-    clean_db: str, engine: sa.Engine, fake: FakeHubSpot
-) -> None:
-    install(engine, fake, PORTAL, expires_in=timedelta(minutes=1))
-    fake.fail_next(1, status=400, path_prefix="/oauth/v1/token")
-    api = make_api(engine, fake, token=None)
-
-    with pytest.raises(NeedsReinstall):
-        api.token_for(PORTAL)
-
-    assert portals_needing_reinstall(engine) == [PORTAL]
-
-
-def test_refresh_hitting_a_server_error_is_not_a_reinstall(
-    clean_db: str, engine: sa.Engine, fake: FakeHubSpot
-) -> None:
-    tokens = install(engine, fake, PORTAL, expires_in=timedelta(minutes=1))
-    fake.fail_next(1, status=503, path_prefix="/oauth/v1/token")
-    api = make_api(engine, fake, token=None)
-
-    with pytest.raises(HubSpotUnavailable):
-        api.token_for(PORTAL)
-
-    assert portals_needing_reinstall(engine) == []
-    assert api.token_for(PORTAL) != tokens.access_token  # the next try refreshes
-
-
-def test_private_app_token_is_never_refreshed(api: HubSpotApi, fake: FakeHubSpot) -> None:
-    fake.fail_next(1, status=401)
-
-    with pytest.raises(HubSpotError) as refused:
-        api.batch_read(PORTAL, "contacts", [101], ["email"])
-
-    assert refused.value.status == 401
-    assert fake.refresh_count == 0
 
 
 # --- settings --------------------------------------------------------------------------------

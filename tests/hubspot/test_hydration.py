@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,26 +21,11 @@ from service.hubspot.hydration import Hydrator, properties_for
 from service.hubspot.ratelimit import RateLimiter
 from service.settings import DEFAULT_MIRROR_PROPERTIES
 from service.worker.apply import Worker
-from tests.conftest import store_events
+from tests.factories import OTHER_PORTAL, PORTAL, TOKEN, change, hs
 from tests.fake_hubspot import FakeHubSpot, epoch_ms
-from tests.test_hubspot_api import OTHER_PORTAL, PORTAL, TOKEN, Sleeps, install, make_api
-from tests.test_mirror import Store, change, hs
+from tests.support import InstallTokens, MakeApi, Sleeps, Store, store_events
 
 BATCH_READ = "/crm/v3/objects/contacts/batch/read"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeHubSpot]:
-    """A running fake HubSpot with the seed portals (62515 and 77001) and their tokens."""
-    with FakeHubSpot() as server:
-        server.load_seed_file()
-        yield server
-
-
-@pytest.fixture
-def api(clean_db: str, engine: sa.Engine, fake: FakeHubSpot) -> HubSpotApi:
-    """The private app client for portal 62515, on a clean database."""
-    return make_api(engine, fake)
 
 
 @pytest.fixture
@@ -107,19 +92,20 @@ def test_created_records_are_fetched_and_missing_ones_archived(
     assert fake.count(BATCH_READ) == 1
 
 
-def test_requests_are_coalesced_per_portal_and_type_into_reads_of_100(
+def test_requests_are_coalesced_per_portal_and_type_into_reads_of_100(  # noqa: PLR0917 - one parameter per fixture
     store: Store,
     worker: Worker,
     engine: sa.Engine,
     fake: FakeHubSpot,
     hydrator: Hydrator,
+    install_tokens: InstallTokens,
 ) -> None:
     ids = fake.generate(PORTAL, "contacts", 250)
     fake.generate(OTHER_PORTAL, "contacts", 5)
     # Each portal has installed the app: every read must use that portal's own token.
     hydrator.api.private_token = None
-    install(engine, fake, PORTAL, expires_in=timedelta(minutes=30))
-    install(engine, fake, OTHER_PORTAL, expires_in=timedelta(minutes=30))
+    install_tokens(PORTAL, expires_in=timedelta(minutes=30))
+    install_tokens(OTHER_PORTAL, expires_in=timedelta(minutes=30))
     store(
         [
             *created("contacts", ids),
@@ -402,12 +388,13 @@ def test_a_contact_erased_while_its_fetch_runs_stays_erased(
 # --- concurrency, in real time ---------------------------------------------------------------
 
 
-def test_three_workers_hydrate_5000_records_within_the_rate_limit(
+def test_three_workers_hydrate_5000_records_within_the_rate_limit(  # noqa: PLR0917 - one parameter per fixture
     clean_db: str,
     database_url: str,
     worker: Worker,
     engine: sa.Engine,
     fake: FakeHubSpot,
+    make_api: MakeApi,
 ) -> None:
     ids = fake.generate(PORTAL, "contacts", 5_000)
     store_events(clean_db, created("contacts", ids))
@@ -420,7 +407,7 @@ def test_three_workers_hydrate_5000_records_within_the_rate_limit(
         # Each thread is a worker process of its own: engine, limiter, client, hydrator.
         own = db.create_engine(database_url, pool_size=2)
         try:
-            hydrator = Hydrator(own, make_api(own, fake, sleep=time.sleep), {})
+            hydrator = Hydrator(own, make_api(own, sleep=time.sleep), {})
             barrier.wait()
             handled.append(hydrator.drain())
         except BaseException as exc:  # noqa: BLE001 - reported by the test thread

@@ -15,8 +15,9 @@ import sqlalchemy as sa
 
 from service import db
 from service.hubspot.ratelimit import SAFETY_MARGIN_MS, Budget, RateLimiter
+from tests.factories import PORTAL
+from tests.support import DbClock
 
-PORTAL = 62515
 OTHER_PORTAL = 99
 # HubSpot's lowest tier (HUBSPOT.md §4): 100 calls per 10 s; search 5 per second, kept at 4.
 BUDGETS = {"api": Budget(100, 10_000), "search": Budget(4, 1_000)}
@@ -104,6 +105,34 @@ def test_two_limiters_on_one_database_share_the_budget(
     first.acquire(PORTAL, "api")
     assert wait_asked(second, PORTAL, "api") > 5
     assert wait_asked(first, PORTAL, "api") > 5
+
+
+def test_the_budget_is_shared_per_portal_and_bucket_through_postgres(
+    clean_db: str, engine: sa.Engine
+) -> None:
+    budgets = {"api": Budget(3, 10_000), "search": Budget(2, 1_000)}
+    one, two = DbClock(engine), DbClock(engine)
+    first, second = RateLimiter(engine, budgets, sleep=one), RateLimiter(engine, budgets, sleep=two)
+
+    waited = [
+        first.acquire(PORTAL, "api"),
+        second.acquire(PORTAL, "api"),
+        first.acquire(PORTAL, "api"),
+        second.acquire(OTHER_PORTAL, "api"),
+        first.acquire(PORTAL, "search"),
+        second.acquire(PORTAL, "search"),
+    ]
+    assert waited == [0.0] * 6
+    assert one.pauses == two.pauses == []
+
+    # The third search call waits about a second (the search window); the clock moves on.
+    assert second.acquire(PORTAL, "search") > 0
+    [search_pause] = two.pauses
+    assert 0.5 <= search_pause <= 1 + SAFETY_MARGIN_MS / 1000 + 0.01
+    # Three API calls were made in the same (fake) second: the fourth waits out the window.
+    assert first.acquire(PORTAL, "api") > 0
+    [api_pause] = one.pauses
+    assert 7.5 <= api_pause <= 10 + SAFETY_MARGIN_MS / 1000 + 0.01
 
 
 def test_concurrent_limiters_never_start_more_than_the_budget_in_a_window(

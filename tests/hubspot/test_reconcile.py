@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,32 +26,26 @@ from service.hubspot.reconcile import (
     reconcile_all,
 )
 from service.worker.apply import Worker
+from tests.factories import OTHER_PORTAL, PORTAL, TOKEN, change
 from tests.fake_hubspot import FakeHubSpot, epoch_ms
-from tests.test_hubspot_api import OTHER_PORTAL, PORTAL, install, make_api
-from tests.test_mirror import Store, change
+from tests.support import InstallTokens, MakeApi, Store
 
 SEARCH = "/crm/v3/objects/contacts/search"
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeHubSpot]:
-    """A running fake HubSpot with no records; both portals have a private app token."""
-    with FakeHubSpot() as server:
-        server.add_token("pat-na1-00000000-0000-4000-8000-000000062515", PORTAL)
-        yield server
+def private_app_token_only(fake: FakeHubSpot) -> None:
+    """Seed the fake: no records; portal 62515's private app token."""
+    fake.add_token(TOKEN, PORTAL)
+
+
+pytestmark = pytest.mark.fake_hubspot(seed=private_app_token_only)
 
 
 @pytest.fixture
-def api(clean_db: str, engine: sa.Engine, fake: FakeHubSpot) -> HubSpotApi:
-    """The client with HubSpot's default budgets (search: 4 a second)."""
-    return make_api(engine, fake)
-
-
-@pytest.fixture
-def fast_api(clean_db: str, engine: sa.Engine, fake: FakeHubSpot) -> HubSpotApi:
+def fast_api(clean_db: str, engine: sa.Engine, fake: FakeHubSpot, make_api: MakeApi) -> HubSpotApi:
     """A client for the big runs: the fake allows 100 searches a second, we use 80."""
     fake.set_rate_limit(search_per_second=100)
-    return make_api(engine, fake, budgets=default_budgets(search=Budget(80, 1_000)))
+    return make_api(budgets=default_budgets(search=Budget(80, 1_000)))
 
 
 def checkpoint(engine: sa.Engine, object_type: str = "contacts", portal_id: int = PORTAL) -> Any:
@@ -365,11 +358,11 @@ def test_summary_line_says_what_a_run_did() -> None:
 
 
 def test_reconcile_all_covers_every_portal_and_type(
-    engine: sa.Engine, fake: FakeHubSpot, fast_api: HubSpotApi
+    engine: sa.Engine, fake: FakeHubSpot, fast_api: HubSpotApi, install_tokens: InstallTokens
 ) -> None:
     fast_api.private_token = None
-    install(engine, fake, PORTAL, expires_in=timedelta(minutes=30))
-    install(engine, fake, OTHER_PORTAL, expires_in=timedelta(minutes=30))
+    install_tokens(PORTAL, expires_in=timedelta(minutes=30))
+    install_tokens(OTHER_PORTAL, expires_in=timedelta(minutes=30))
     fake.generate(PORTAL, "contacts", 5)
     fake.generate(PORTAL, "companies", 3)
     fake.generate(OTHER_PORTAL, "contacts", 2)
@@ -415,10 +408,14 @@ def test_reconcile_all_steps_aside_while_another_run_holds_the_lock(
 
 
 def test_known_portals_are_installs_in_good_standing_and_portals_in_the_mirror(
-    store: Store, worker: Worker, engine: sa.Engine, fake: FakeHubSpot
+    store: Store,
+    worker: Worker,
+    engine: sa.Engine,
+    fake: FakeHubSpot,
+    install_tokens: InstallTokens,
 ) -> None:
-    install(engine, fake, OTHER_PORTAL, expires_in=timedelta(minutes=30))
-    install(engine, fake, 5, expires_in=timedelta(minutes=30))
+    install_tokens(OTHER_PORTAL, expires_in=timedelta(minutes=30))
+    install_tokens(5, expires_in=timedelta(minutes=30))
     with engine.begin() as connection:
         connection.execute(
             sa.text("UPDATE hubspot_tokens SET needs_reinstall = true WHERE portal_id = 5")

@@ -1,71 +1,21 @@
-"""Mirror semantics, end to end through the inbox and a real worker on a real Postgres."""
+"""service.mirror.apply: mirror semantics, end to end through the inbox and a real worker on a
+real Postgres."""
 
 from __future__ import annotations
 
-import itertools
-import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from service.worker.apply import Worker
-
-Store = Callable[[list[dict[str, Any]]], int]
-PORTAL = 62515
-_ids = itertools.count(1)
-
-
-def hs(
-    subscription_type: str, object_id: int | None, occurred_at: int, **fields: Any
-) -> dict[str, Any]:
-    """A HubSpot event as delivered."""
-    event: dict[str, Any] = {
-        "eventId": next(_ids),
-        "subscriptionId": 7,
-        "portalId": PORTAL,
-        "appId": 1,
-        "occurredAt": occurred_at,
-        "subscriptionType": subscription_type,
-        "attemptNumber": 0,
-        "changeSource": "CRM_UI",
-    }
-    if object_id is not None:
-        event["objectId"] = object_id
-    event.update(fields)
-    return event
-
-
-def change(obj: str, object_id: int, at: int, prop: str, value: str) -> dict[str, Any]:
-    return hs(f"{obj}.propertyChange", object_id, at, propertyName=prop, propertyValue=value)
-
-
-def row(engine: sa.Engine, view: str, object_id: int) -> Any:
-    with engine.connect() as connection:
-        return connection.execute(
-            sa.text(f"SELECT * FROM {view} WHERE portal_id = :p AND object_id = :o"),
-            {"p": PORTAL, "o": object_id},
-        ).first()
+from tests.factories import assoc, change, hs, merge
+from tests.support import Store, hydrations, inbox_statuses, mirror_row
 
 
 def scalars(engine: sa.Engine, sql: str) -> list[Any]:
     with engine.connect() as connection:
         return list(connection.scalars(sa.text(sql)))
-
-
-def statuses(engine: sa.Engine) -> list[str]:
-    return scalars(engine, "SELECT status FROM inbox_events ORDER BY id")
-
-
-def hydrations(engine: sa.Engine) -> list[tuple[str, int]]:
-    with engine.connect() as connection:
-        return [
-            (r.object_type, r.object_id)
-            for r in connection.execute(
-                sa.text("SELECT * FROM hydration_requests ORDER BY object_type, object_id")
-            )
-        ]
 
 
 def associations(engine: sa.Engine) -> set[tuple[str, int, str, int, str]]:
@@ -91,9 +41,9 @@ def test_newest_property_value_wins_whatever_the_arrival_order(
         store([events[index]])
         worker.drain()
 
-    contact = row(engine, "hubspot_contacts", 1)
+    contact = mirror_row(engine, "hubspot_contacts", 1)
     assert contact.lifecyclestage == "customer"
-    assert statuses(engine) == ["done", "done"]
+    assert inbox_statuses(engine) == ["done", "done"]
 
 
 def test_one_batch_with_many_changes_per_object_keeps_each_latest(
@@ -110,7 +60,10 @@ def test_one_batch_with_many_changes_per_object_keeps_each_latest(
     )
     worker.drain()
 
-    first, second = row(engine, "hubspot_contacts", 1), row(engine, "hubspot_contacts", 2)
+    first, second = (
+        mirror_row(engine, "hubspot_contacts", 1),
+        mirror_row(engine, "hubspot_contacts", 2),
+    )
     assert (first.email, first.firstname) == ("new@example.com", "Ada")
     assert second.firstname == "Grace"
     assert second.email is None
@@ -124,7 +77,7 @@ def test_same_instant_tie_resolves_the_same_way_in_any_order(
     store([change("deal", 5, 1000, "dealstage", "a")])
     worker.drain()
 
-    assert row(engine, "hubspot_deals", 5).dealstage == "b"
+    assert mirror_row(engine, "hubspot_deals", 5).dealstage == "b"
 
 
 def test_redacted_value_is_never_stored_and_asks_for_a_fetch(
@@ -135,7 +88,7 @@ def test_redacted_value_is_never_stored_and_asks_for_a_fetch(
     store([change("contact", 1, 2000, "email", "REDACTED")])
     worker.drain()
 
-    assert row(engine, "hubspot_contacts", 1).email == "a@example.com"
+    assert mirror_row(engine, "hubspot_contacts", 1).email == "a@example.com"
     assert hydrations(engine) == [("contacts", 1)]
 
 
@@ -143,7 +96,7 @@ def test_cleared_value_is_stored_as_empty(store: Store, worker: Worker, engine: 
     store([change("company", 9, 1000, "domain", "x.com"), change("company", 9, 2000, "domain", "")])
     worker.drain()
 
-    assert row(engine, "hubspot_companies", 9).domain == ""
+    assert mirror_row(engine, "hubspot_companies", 9).domain == ""
 
 
 def test_views_expose_typed_columns(store: Store, worker: Worker, engine: sa.Engine) -> None:
@@ -159,11 +112,11 @@ def test_views_expose_typed_columns(store: Store, worker: Worker, engine: sa.Eng
     )
     worker.drain()
 
-    deal = row(engine, "hubspot_deals", 3)
+    deal = mirror_row(engine, "hubspot_deals", 3)
     assert (deal.dealname, deal.pipeline, float(deal.amount)) == ("Big one", "default", 1250.5)
-    assert row(engine, "hubspot_deals", 4).amount is None
-    assert row(engine, "hubspot_companies", 8).name == "Acme"
-    assert row(engine, "hubspot_contacts", 2).lastname == "Lovelace"
+    assert mirror_row(engine, "hubspot_deals", 4).amount is None
+    assert mirror_row(engine, "hubspot_companies", 8).name == "Acme"
+    assert mirror_row(engine, "hubspot_contacts", 2).lastname == "Lovelace"
     assert deal.properties["amount"] == "1250.50"
     assert deal.archived is False
     assert deal.erased is False
@@ -187,7 +140,7 @@ def test_generic_object_events_land_in_the_same_mirror(
     )
     worker.drain()
 
-    assert row(engine, "hubspot_deals", 3).dealstage == "closedwon"
+    assert mirror_row(engine, "hubspot_deals", 3).dealstage == "closedwon"
     assert hydrations(engine) == [("2-1234", 77)]
 
 
@@ -212,7 +165,7 @@ def test_older_change_never_resurrects_a_deleted_record(
     store([hs("contact.creation", 1, 500), change("contact", 1, 1500, "firstname", "Ada")])
     worker.drain()
 
-    contact = row(engine, "hubspot_contacts", 1)
+    contact = mirror_row(engine, "hubspot_contacts", 1)
     assert contact.archived is True
     assert contact.firstname == "Ada"
 
@@ -222,32 +175,18 @@ def test_newer_restore_brings_a_record_back_and_older_deletion_does_not_undo_it(
 ) -> None:
     store([hs("deal.deletion", 4, 1000), hs("deal.restore", 4, 2000)])
     worker.drain()
-    assert row(engine, "hubspot_deals", 4).archived is False
+    assert mirror_row(engine, "hubspot_deals", 4).archived is False
 
     store([hs("deal.deletion", 4, 1500)])
     worker.drain()
-    assert row(engine, "hubspot_deals", 4).archived is False
+    assert mirror_row(engine, "hubspot_deals", 4).archived is False
 
     store([hs("deal.deletion", 4, 2500)])
     worker.drain()
-    assert row(engine, "hubspot_deals", 4).archived is True
+    assert mirror_row(engine, "hubspot_deals", 4).archived is True
 
 
 # --- merges ----------------------------------------------------------------------------------
-
-
-def merge(
-    obj: str, primary: int, merged: list[int], at: int, new: int | None = None
-) -> dict[str, Any]:
-    return hs(
-        f"{obj}.merge",
-        primary,
-        at,
-        primaryObjectId=primary,
-        mergedObjectIds=merged,
-        newObjectId=primary if new is None else new,
-        numberOfPropertiesMoved=3,
-    )
 
 
 def test_merge_marks_losers_and_refetches_the_survivor(
@@ -261,9 +200,9 @@ def test_merge_marks_losers_and_refetches_the_survivor(
     )
     worker.drain()
 
-    assert row(engine, "hubspot_contacts", 2).merged_into == 1
-    assert row(engine, "hubspot_contacts", 3).merged_into == 1
-    assert row(engine, "hubspot_contacts", 1).merged_into is None
+    assert mirror_row(engine, "hubspot_contacts", 2).merged_into == 1
+    assert mirror_row(engine, "hubspot_contacts", 3).merged_into == 1
+    assert mirror_row(engine, "hubspot_contacts", 1).merged_into is None
     assert hydrations(engine) == [("contacts", 1)]
 
 
@@ -273,8 +212,8 @@ def test_merge_into_a_new_record_merges_the_primary_too(
     store([merge("company", 1, [2], 2000, new=9)])
     worker.drain()
 
-    assert row(engine, "hubspot_companies", 1).merged_into == 9
-    assert row(engine, "hubspot_companies", 2).merged_into == 9
+    assert mirror_row(engine, "hubspot_companies", 1).merged_into == 9
+    assert mirror_row(engine, "hubspot_companies", 2).merged_into == 9
     assert hydrations(engine) == [("companies", 9)]
 
 
@@ -293,22 +232,6 @@ def test_losers_associations_move_to_the_survivor_even_when_they_arrive_late(
 
 
 # --- associations ----------------------------------------------------------------------------
-
-
-def assoc(
-    kind: str, from_id: int, to_id: int, at: int, *, removed: bool = False, primary: bool = False
-) -> dict[str, Any]:
-    obj = kind.split("_TO_", maxsplit=1)[0].lower()
-    return hs(
-        f"{obj}.associationChange",
-        None,
-        at,
-        associationType=kind,
-        fromObjectId=from_id,
-        toObjectId=to_id,
-        associationRemoved=removed,
-        isPrimaryAssociation=primary,
-    )
 
 
 def test_association_is_kept_on_both_sides_and_twins_are_stored_once(
@@ -375,88 +298,6 @@ def test_generic_association_events_are_kept_by_type_id(
     assert associations(engine) == {("deals", 3, "contacts", 1, "HUBSPOT_DEFINED:3")}
 
 
-# --- privacy deletion ------------------------------------------------------------------------
-
-PERSONAL = ("ada@example.com", "Ada", "Lovelace")
-
-
-def personal_history() -> list[dict[str, Any]]:
-    return [
-        hs("contact.creation", 1, 1000),
-        change("contact", 1, 1100, "email", PERSONAL[0]),
-        change("contact", 1, 1200, "firstname", PERSONAL[1]),
-        change("contact", 1, 1300, "lastname", PERSONAL[2]),
-        assoc("CONTACT_TO_COMPANY", 1, 50, 1400),
-    ]
-
-
-def assert_nothing_personal_anywhere(engine: sa.Engine) -> None:
-    with engine.connect() as connection:
-        tables = connection.scalars(
-            sa.text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-        ).all()
-        for table in tables:
-            dump = json.dumps(
-                [list(r) for r in connection.execute(sa.text(f'SELECT * FROM "{table}"'))],
-                default=str,
-            )
-            for value in PERSONAL:
-                assert value not in dump, f"{value!r} is still in {table}"
-
-
-@pytest.mark.parametrize("deletion_first", [True, False])
-def test_privacy_deletion_erases_everywhere_in_either_order(
-    store: Store, worker: Worker, engine: sa.Engine, deletion_first: bool
-) -> None:
-    store(personal_history())
-    worker.drain()
-    assert row(engine, "hubspot_contacts", 1).email == PERSONAL[0]
-
-    erase = [hs("contact.privacyDeletion", 1, 5000), hs("contact.deletion", 1, 5000)]
-    for event in erase if deletion_first else erase[::-1]:
-        store([event])
-        worker.drain()
-
-    contact = row(engine, "hubspot_contacts", 1)
-    assert contact.erased is True
-    assert contact.archived is True
-    assert contact.properties == {}
-    assert hydrations(engine) == []
-    assert_nothing_personal_anywhere(engine)
-
-
-def test_late_events_cannot_write_an_erased_contact_back(
-    store: Store, worker: Worker, engine: sa.Engine
-) -> None:
-    store([hs("contact.privacyDeletion", 1, 5000)])
-    worker.drain()
-    store(
-        [
-            *personal_history(),
-            hs("contact.restore", 1, 6000),
-            change("contact", 1, 7000, "email", PERSONAL[0]),
-        ]
-    )
-    worker.drain()
-
-    contact = row(engine, "hubspot_contacts", 1)
-    assert contact.erased is True
-    assert contact.properties == {}
-    assert hydrations(engine) == []
-    assert set(statuses(engine)) == {"done"}
-    assert_nothing_personal_anywhere(engine)
-
-
-def test_privacy_deletion_in_the_same_batch_as_the_values(
-    store: Store, worker: Worker, engine: sa.Engine
-) -> None:
-    store([hs("contact.privacyDeletion", 1, 900), *personal_history()])
-    worker.drain()
-
-    assert row(engine, "hubspot_contacts", 1).properties == {}
-    assert_nothing_personal_anywhere(engine)
-
-
 # --- outcomes --------------------------------------------------------------------------------
 
 
@@ -472,4 +313,4 @@ def test_events_without_a_handler_are_ignored(
     )
     worker.drain()
 
-    assert statuses(engine) == ["ignored", "ignored", "done"]
+    assert inbox_statuses(engine) == ["ignored", "ignored", "done"]

@@ -9,7 +9,6 @@ batches, two workers at once) must leave exactly the same rows.
 
 from __future__ import annotations
 
-import graphlib
 import itertools
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +21,8 @@ from hypothesis import strategies as st
 
 from service.rules.registry import Registry
 from service.worker.apply import Worker
-from tests.conftest import store_events
-from tests.test_mirror import assoc, change, hs, merge
+from tests.factories import assoc, change, hs, merge
+from tests.support import dump, empty_tables, store_events
 
 Raw = dict[str, Any]
 
@@ -204,30 +203,6 @@ def histories(draw: st.DrawFn) -> History:
 # --- applying and reading back ---------------------------------------------------------------
 
 
-def empty_tables(engine: sa.Engine) -> None:
-    """Empty every table, for each hypothesis example (function fixtures run once per test).
-
-    DELETE, children before the tables they reference: TRUNCATE (as clean_db does) costs a new
-    file per table, which over two resets per example would be most of this test's time.
-    """
-    with engine.begin() as connection:
-        tables = connection.scalars(
-            sa.text(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-                " AND tablename <> 'alembic_version'"
-            )
-        ).all()
-        references = connection.execute(
-            sa.text(
-                "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint"
-                " WHERE contype = 'f' AND connamespace = 'public'::regnamespace"
-            )
-        ).all()
-        referenced_by = {t: {c for c, p in references if p == t and c != t} for t in tables}
-        for table in graphlib.TopologicalSorter(referenced_by).static_order():
-            connection.execute(sa.text(f'DELETE FROM "{table}"'))
-
-
 def drain_concurrently(workers: list[Worker]) -> None:
     """Every worker drains at the same time, each in its own thread."""
     with ThreadPoolExecutor(max_workers=len(workers)) as pool:
@@ -255,39 +230,6 @@ def apply_chaotically(url: str, engine: sa.Engine, history: History) -> None:
             drain_concurrently(workers)
     drain_concurrently(workers[: history.final_workers])
     assert stored == len(history.events), "duplicates must be stored once, distinct events all"
-
-
-def dump(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
-    """Everything the mirror holds (no wall-clock columns), and the inbox rows' outcomes."""
-    with engine.connect() as connection:
-
-        def rows(sql: str) -> list[tuple[Any, ...]]:
-            return sorted(tuple(r) for r in connection.execute(sa.text(sql)))
-
-        return {
-            "crm_objects": rows(
-                "SELECT portal_id, object_type, object_id, properties::text, versions::text,"
-                " archived, archived_version, merged_into, merged_version, erased, erased_version"
-                " FROM crm_objects"
-            ),
-            "crm_associations": rows(
-                "SELECT portal_id, from_type, from_id, to_type, to_id, association_type, present,"
-                " is_primary, version FROM crm_associations"
-            ),
-            "hubspot_associations": rows(
-                "SELECT portal_id, from_type, from_id, to_type, to_id, association_type,"
-                " is_primary FROM hubspot_associations"
-            ),
-            "hydration_requests": rows(
-                "SELECT portal_id, object_type, object_id, status FROM hydration_requests"
-            ),
-            "seen_properties": rows("SELECT portal_id, object_type, property FROM seen_properties"),
-            # The stored event (scrubbed or not) without the delivery detail, and its outcome.
-            "inbox_events": rows(
-                "SELECT portal_id, subscription_id, event_id, object_id, occurred_at,"
-                " (payload - 'attemptNumber')::text, status, attempts FROM inbox_events"
-            ),
-        }
 
 
 # --- the property ----------------------------------------------------------------------------

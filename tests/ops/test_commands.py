@@ -1,29 +1,39 @@
-"""Operating the inbox as a user does: `hubspot-webhooks events` and `replay` in subprocesses."""
+"""service.ops.commands as a user runs them: `events` and `replay` on the inbox, `rules check`.
+
+Each command runs as `python -m service ...` in a subprocess.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from service import cli as service_cli
 from service import inbox
 from service.events import Event, Kind
 from service.rules.registry import Registry
 from service.worker.apply import Worker
-from tests.conftest import store_events
-from tests.test_mirror import change, hs
+from tests.factories import change, hs
+from tests.support import (
+    EXAMPLE_RULES,
+    INVALID_RULES,
+    ROOT,
+    invalid_rule_lines,
+    run_cli,
+    store_events,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 OTHER_PORTAL = 999
 
 # name -> the event as HubSpot sends it (one object id each); the setup gives each a fate.
@@ -354,3 +364,40 @@ def test_replay_is_a_domain_function_too(rows: Inbox, engine: sa.Engine) -> None
     with engine.begin() as connection:
         assert inbox.replay(connection, filters) == 2
     assert {n for n, s in rows.statuses().items() if s == "pending"} == {"failed", "dead"}
+
+
+# --- rules check -----------------------------------------------------------------------------
+
+
+def test_rules_check_accepts_the_examples() -> None:
+    result = run_cli("rules", "check", str(EXAMPLE_RULES), env={})
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{EXAMPLE_RULES}: 4 rules, 5 actions: ok"
+
+
+def test_rules_check_reads_rules_file_when_no_file_is_given(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RULES_FILE", str(EXAMPLE_RULES))
+
+    assert service_cli.main(["rules", "check"]) == 0
+    assert capsys.readouterr().out.strip() == f"{EXAMPLE_RULES}: 4 rules, 5 actions: ok"
+
+    monkeypatch.delenv("RULES_FILE")
+    assert service_cli.main(["rules", "check"]) == 2
+    assert "give a FILE or set RULES_FILE" in capsys.readouterr().err
+
+
+def test_rules_check_lists_each_problem_with_file_and_line() -> None:
+    result = run_cli("rules", "check", str(INVALID_RULES), env={})
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "hubspot-webhooks: invalid rules:"
+    found = [
+        re.match(rf"  {re.escape(str(INVALID_RULES))}:(\d+): .+ \(fix: .+\)$", x) for x in lines[1:]
+    ]
+    assert all(found), lines
+    assert [int(m.group(1)) for m in found if m] == list(invalid_rule_lines())

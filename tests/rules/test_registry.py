@@ -1,23 +1,29 @@
-"""The handler registry: keys, lookup, and the mistakes it refuses at import time."""
+"""service.rules.registry: handler keys, lookup, the mistakes it refuses at import time, and
+rules declared in code."""
 
 from __future__ import annotations
 
+import inspect
 import re
+import textwrap
 
 import pytest
 from sqlalchemy.orm import Session
 
 from service import DuplicateHandler, Registry, UnknownKind
-from service.events import Event, Kind, normalise
-from service.rules.language import normalise_object_type
-from tests.test_mirror import change, hs
+from service.events import Event, Kind
+from service.rules.language import Rule, RuleError, load_rules_text, normalise_object_type
+from tests.factories import DO_LOG, WHEN_WON, change, event, hs
 
 THIS_FILE = __file__
 
 
-def event(raw: dict[str, object]) -> Event:
-    """A HubSpot event as the worker sees it."""
-    return normalise(1, raw)
+def next_line() -> int:
+    """The number of the caller's next source line."""
+    frame = inspect.currentframe()
+    assert frame is not None
+    assert frame.f_back is not None
+    return frame.f_back.f_lineno + 1
 
 
 def contact_handler(event: Event, session: Session) -> None:
@@ -258,3 +264,84 @@ def test_misspelled_object_type_is_refused_at_import(object_type: str) -> None:
     # registers a handler that silently never runs.
     with pytest.raises(UnknownKind, match="unknown object type"):
         Registry().on(object_type, Kind.CREATION)
+
+
+# --- rules in code ---------------------------------------------------------------------------
+
+
+def test_a_code_rule_becomes_the_same_rule_as_its_toml_twin() -> None:
+    registry = Registry()
+    calls: list[Event] = []
+
+    @registry.rule(
+        "vip-deal",
+        when={"object": "deal", "kind": "property_change", "property": "amount", "above": 50000},
+        do=[{"action": "slack", "text": "{record.dealname} is {event.property_value|money}"}],
+    )
+    def in_emea(e: Event) -> bool:
+        calls.append(e)
+        return e.portal_id == 62515
+
+    (from_toml,), warnings = load_rules_text(
+        textwrap.dedent(
+            """
+            [[rules]]
+            name = "vip-deal"
+            [rules.when]
+            object = "deals"
+            kind = "property_change"
+            property = "amount"
+            above = 50000
+            [[rules.do]]
+            action = "slack"
+            text = "{record.dealname} is {event.property_value|money}"
+            """
+        ),
+        "rules.toml",
+    )
+    assert warnings == []
+    (from_code,) = registry.rules
+
+    assert isinstance(from_code, Rule)
+    assert from_code.source.startswith(f"{THIS_FILE}:")
+    assert from_code.predicate is in_emea
+    for name in ("name", "object_type", "kind", "prop", "equals", "from_values", "above"):
+        assert getattr(from_code, name) == getattr(from_toml, name), name
+    assert [(a.type, dict(a.options)) for a in from_code.actions] == [
+        (a.type, dict(a.options)) for a in from_toml.actions
+    ]
+    big = event(change("deal", 301, 1000, "amount", "75000"))
+    assert from_code.matches(big, None)
+    assert calls == [big]
+    assert not from_code.matches(event(change("deal", 301, 1000, "amount", "10")), None)
+    assert len(calls) == 1  # the predicate runs only once the declared conditions hold
+
+
+def test_a_code_rule_name_declared_twice_names_both_places() -> None:
+    registry = Registry()
+    first = next_line()
+    registry.rule("dup", when=WHEN_WON, do=DO_LOG)(lambda e: True)
+    second = next_line()
+    declare = registry.rule("dup", when=WHEN_WON, do=DO_LOG)
+    with pytest.raises(DuplicateHandler) as caught:
+        declare(lambda e: True)
+
+    message = str(caught.value)
+    assert "'dup'" in message
+    assert f"{THIS_FILE}:{first}" in message
+    assert f"{THIS_FILE}:{second}" in message
+    assert len(registry.rules) == 1
+
+
+def test_an_invalid_code_rule_is_refused_where_it_is_declared() -> None:
+    registry = Registry()
+    line = next_line()
+    declare = registry.rule("bad", when={**WHEN_WON, "colour": "red"}, do=[{"action": "email"}])
+    with pytest.raises(RuleError) as caught:
+        declare(lambda e: True)
+
+    assert any("unknown condition 'colour'" in p for p in caught.value.problems)
+    assert any("unknown action 'email'" in p for p in caught.value.problems)
+    assert all(p.startswith(f"{THIS_FILE}:{line}") for p in caught.value.problems)
+    assert all("(fix: " in p for p in caught.value.problems)
+    assert registry.rules == []

@@ -1,4 +1,5 @@
-"""OAuth install: /oauth/install, /oauth/callback and /readyz, with the fake HubSpot's OAuth.
+"""service.web.oauth, the install: /oauth/install, /oauth/callback, and /readyz naming the portals
+that must install again; with the fake HubSpot's OAuth.
 
 The app runs under Starlette's TestClient on a real, migrated Postgres; HubSpot's consent page
 is skipped (the fake issues the authorization code the user's browser would bring back).
@@ -6,7 +7,6 @@ is skipped (the fake issues the authorization code the user's browser would brin
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -21,34 +21,25 @@ from starlette.testclient import TestClient
 from service import db
 from service.hubspot.client import NeedsReinstall, from_settings
 from service.hubspot.hydration import Hydrator
-from service.hubspot.oauth import (
-    AUTHORIZE_URL,
-    STATE_TTL_SECONDS,
-    InvalidState,
-    check_state,
-    sign_state,
-)
+from service.hubspot.oauth import AUTHORIZE_URL, STATE_TTL_SECONDS, check_state, sign_state
 from service.settings import Settings
-from service.signature import sign_v3
 from service.web.app import create_app
 from service.worker.apply import Worker
+from tests.factories import OTHER_PORTAL, PORTAL, hs
 from tests.fake_hubspot import FakeHubSpot
-from tests.test_mirror import hs
+from tests.support import post_events
 
-PORTAL = 62515
-OTHER_PORTAL = 77001
 CALLBACK = "http://testserver/oauth/callback"
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeHubSpot]:
-    """A running fake HubSpot: no private app tokens, so only OAuth tokens can read."""
-    with FakeHubSpot() as server:
-        server.seed(PORTAL, "contacts", [{"id": "501", "properties": {"email": "ada@example.com"}}])
-        server.seed(
-            OTHER_PORTAL, "contacts", [{"id": "501", "properties": {"email": "bob@example.com"}}]
-        )
-        yield server
+def two_portals_without_tokens(fake: FakeHubSpot) -> None:
+    """Seed the fake: contact 501 in both portals, and no private app tokens, so only OAuth
+    tokens can read."""
+    fake.seed(PORTAL, "contacts", [{"id": "501", "properties": {"email": "ada@example.com"}}])
+    fake.seed(OTHER_PORTAL, "contacts", [{"id": "501", "properties": {"email": "bob@example.com"}}])
+
+
+pytestmark = pytest.mark.fake_hubspot(seed=two_portals_without_tokens)
 
 
 def oauth_settings(fake: FakeHubSpot, tmp_path: Path, **env: str) -> Settings:
@@ -70,7 +61,7 @@ def settings_for_oauth(fake: FakeHubSpot, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def client(clean_db: str, settings_for_oauth: Settings) -> Iterator[TestClient]:
+def oauth_client(clean_db: str, settings_for_oauth: Settings) -> Iterator[TestClient]:
     app = create_app(settings_for_oauth, database_url=clean_db)
     with TestClient(app, follow_redirects=False) as test_client:
         yield test_client
@@ -92,37 +83,21 @@ def authorize_query(response: Any) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(parts.query).items()}
 
 
-def install(client: TestClient, fake: FakeHubSpot, portal_id: int) -> Any:
+def install(oauth_client: TestClient, fake: FakeHubSpot, portal_id: int) -> Any:
     """A user installs the app in `portal_id`: consent page, then HubSpot's redirect back."""
-    query = authorize_query(client.get("/oauth/install"))
+    query = authorize_query(oauth_client.get("/oauth/install"))
     code = fake.issue_code(portal_id, redirect_uri=query["redirect_uri"])
-    return client.get("/oauth/callback", params={"code": code, "state": query["state"]})
-
-
-def post_webhook(client: TestClient, secret: str, events: list[dict[str, Any]]) -> Any:
-    """POST events signed (v3) as HubSpot signs them."""
-    body = json.dumps(events).encode()
-    timestamp = str(int(time.time() * 1000))
-    signature = sign_v3(secret, "POST", "http://testserver/webhooks/hubspot", body, timestamp)
-    return client.post(
-        "/webhooks/hubspot",
-        content=body,
-        headers={
-            "Content-Type": "application/json",
-            "X-HubSpot-Signature-v3": signature,
-            "X-HubSpot-Request-Timestamp": timestamp,
-        },
-    )
+    return oauth_client.get("/oauth/callback", params={"code": code, "state": query["state"]})
 
 
 # --- install ---------------------------------------------------------------------------------
 
 
 def test_install_redirects_to_hubspots_consent_page(
-    client: TestClient, fake: FakeHubSpot, settings_for_oauth: Settings
+    oauth_client: TestClient, fake: FakeHubSpot, settings_for_oauth: Settings
 ) -> None:
-    first = client.get("/oauth/install")
-    second = client.get("/oauth/install")
+    first = oauth_client.get("/oauth/install")
+    second = oauth_client.get("/oauth/install")
 
     assert first.status_code == 302
     query = authorize_query(first)
@@ -153,7 +128,7 @@ def test_install_uses_the_public_url_and_the_configured_scopes(
 
 
 def test_callback_stores_the_portals_tokens_and_its_webhooks_hydrate_with_them(
-    client: TestClient,
+    oauth_client: TestClient,
     fake: FakeHubSpot,
     engine: sa.Engine,
     settings_for_oauth: Settings,
@@ -161,7 +136,7 @@ def test_callback_stores_the_portals_tokens_and_its_webhooks_hydrate_with_them(
 ) -> None:
     before = db.utcnow()
 
-    installed = install(client, fake, PORTAL)
+    installed = install(oauth_client, fake, PORTAL)
 
     assert installed.status_code == 200
     assert installed.headers["content-type"].startswith("text/html")
@@ -176,8 +151,8 @@ def test_callback_stores_the_portals_tokens_and_its_webhooks_hydrate_with_them(
     assert abs((row.expires_at - expected).total_seconds()) < 5
 
     # A webhook from that portal, then the worker and hydrator as `worker` runs them.
-    delivered = post_webhook(
-        client, fake.client_secret, [hs("contact.creation", 501, 1_700_000_000_000)]
+    delivered = post_events(
+        oauth_client, [hs("contact.creation", 501, 1_700_000_000_000)], secret=fake.client_secret
     )
     assert delivered.status_code == 200
     worker.drain()
@@ -208,10 +183,10 @@ def test_callback_stores_the_portals_tokens_and_its_webhooks_hydrate_with_them(
     ],
 )
 def test_bad_callbacks_are_refused_and_store_nothing(
-    client: TestClient, fake: FakeHubSpot, engine: sa.Engine, case: str, reason: str
+    oauth_client: TestClient, fake: FakeHubSpot, engine: sa.Engine, case: str, reason: str
 ) -> None:
     code = fake.issue_code(PORTAL, redirect_uri=CALLBACK)
-    good = authorize_query(client.get("/oauth/install"))["state"]
+    good = authorize_query(oauth_client.get("/oauth/install"))["state"]
     expires, nonce, mac = good.split(".")
     params = {
         "forged": {"code": code, "state": sign_state("not-our-secret", now=time.time(), nonce="n")},
@@ -228,7 +203,7 @@ def test_bad_callbacks_are_refused_and_store_nothing(
         "denied": {"error": "access_denied", "error_description": "The user declined"},
     }[case]
 
-    refused = client.get("/oauth/callback", params=params)
+    refused = oauth_client.get("/oauth/callback", params=params)
 
     assert refused.status_code == 400
     assert "Install failed" in refused.text
@@ -237,8 +212,8 @@ def test_bad_callbacks_are_refused_and_store_nothing(
     assert fake.count("/oauth/v1/token") == 0
 
 
-def test_hubspots_error_description_is_shown_escaped(client: TestClient) -> None:
-    refused = client.get(
+def test_hubspots_error_description_is_shown_escaped(oauth_client: TestClient) -> None:
+    refused = oauth_client.get(
         "/oauth/callback", params={"error": "x", "error_description": "<script>alert(1)</script>"}
     )
 
@@ -248,11 +223,11 @@ def test_hubspots_error_description_is_shown_escaped(client: TestClient) -> None
 
 
 def test_a_code_hubspot_does_not_accept_is_a_502(
-    client: TestClient, fake: FakeHubSpot, engine: sa.Engine
+    oauth_client: TestClient, fake: FakeHubSpot, engine: sa.Engine
 ) -> None:
-    state = authorize_query(client.get("/oauth/install"))["state"]
+    state = authorize_query(oauth_client.get("/oauth/install"))["state"]
 
-    refused = client.get("/oauth/callback", params={"code": "never-issued", "state": state})
+    refused = oauth_client.get("/oauth/callback", params={"code": "never-issued", "state": state})
 
     assert refused.status_code == 502
     assert "did not accept" in refused.text
@@ -277,11 +252,11 @@ def test_without_a_client_id_oauth_is_not_served(clean_db: str, fake: FakeHubSpo
 
 
 def test_readyz_lists_portals_needing_reinstall_until_they_install_again(
-    client: TestClient, fake: FakeHubSpot, engine: sa.Engine, settings_for_oauth: Settings
+    oauth_client: TestClient, fake: FakeHubSpot, engine: sa.Engine, settings_for_oauth: Settings
 ) -> None:
-    assert install(client, fake, PORTAL).status_code == 200
-    assert install(client, fake, OTHER_PORTAL).status_code == 200
-    assert client.get("/readyz").json() == {"status": "ready", "schema": db.migration_head()}
+    assert install(oauth_client, fake, PORTAL).status_code == 200
+    assert install(oauth_client, fake, OTHER_PORTAL).status_code == 200
+    assert oauth_client.get("/readyz").json() == {"status": "ready", "schema": db.migration_head()}
     # The user uninstalls the app in one portal: its refresh token stops working.
     fake.revoke_refresh_token(tokens(engine)[PORTAL].refresh_token)
     with engine.begin() as connection:
@@ -296,7 +271,7 @@ def test_readyz_lists_portals_needing_reinstall_until_they_install_again(
     records, _ = api.batch_read(OTHER_PORTAL, "contacts", [501], ["email"])
 
     assert records[0].properties["email"] == "bob@example.com"
-    ready = client.get("/readyz")
+    ready = oauth_client.get("/readyz")
     assert ready.status_code == 200  # the other portals go on
     assert ready.json() == {
         "status": "ready",
@@ -304,29 +279,9 @@ def test_readyz_lists_portals_needing_reinstall_until_they_install_again(
         "portals_needing_reinstall": [PORTAL],
     }
 
-    assert install(client, fake, PORTAL).status_code == 200
+    assert install(oauth_client, fake, PORTAL).status_code == 200
 
-    assert "portals_needing_reinstall" not in client.get("/readyz").json()
+    assert "portals_needing_reinstall" not in oauth_client.get("/readyz").json()
     assert tokens(engine)[PORTAL].needs_reinstall is False
     records, _ = api.batch_read(PORTAL, "contacts", [501], ["email"])
     assert records[0].properties["email"] == "ada@example.com"
-
-
-# --- state -----------------------------------------------------------------------------------
-
-
-def test_state_is_signed_expiring_and_checked_against_every_secret() -> None:
-    now = 1_800_000_000.0
-    state = sign_state("old-secret", now=now, nonce="abc")
-
-    check_state(["new-secret", "old-secret"], state, now=now + STATE_TTL_SECONDS)
-    with pytest.raises(InvalidState, match="expired"):
-        check_state(["old-secret"], state, now=now + STATE_TTL_SECONDS + 1)
-    with pytest.raises(InvalidState, match="not issued"):
-        check_state(["new-secret"], state, now=now)
-    expires, nonce, mac = state.split(".")
-    with pytest.raises(InvalidState, match="not issued"):
-        check_state(["old-secret"], f"{int(expires) + 600}.{nonce}.{mac}", now=now)
-    for malformed in ("", "..", "x.abc.def", f"{expires}..{mac}", f"{expires}.{nonce}."):
-        with pytest.raises(InvalidState, match="malformed"):
-            check_state(["old-secret"], malformed, now=now)

@@ -1,4 +1,5 @@
-"""The apply stage: claiming, user handlers, failures, retries, dead letters and waking up."""
+"""service.worker.apply, the apply stage: claiming, user handlers, failures, retries, dead letters
+and waking up."""
 
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ from service import db, inbox
 from service.events import Event, Kind
 from service.rules.registry import Registry
 from service.worker.apply import Worker
-from tests.conftest import store_events
-from tests.test_mirror import PORTAL, change, hs
+from tests.factories import PORTAL, change, hs
+from tests.support import Store, store_events
 
-Store = Callable[[list[dict[str, Any]]], int]
 LOG_TABLE = "test_handler_log"
 
 

@@ -24,9 +24,8 @@ import sqlalchemy as sa
 
 from service.rules.registry import Registry
 from service.worker.apply import Worker
-from tests.conftest import store_events
-from tests.test_convergence import dump, empty_tables
-from tests.test_mirror import assoc, change, hs
+from tests.factories import assoc, change, hs
+from tests.support import dump, empty_tables, store_events
 
 Raw = dict[str, Any]
 
