@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from service import db, inbox
-from service.settings import Settings
+from service.settings import WEBHOOK_PATH, Settings
 from service.web.health import healthz, readyz
 from service.web.oauth import oauth_callback, oauth_install
 from service.web.webhook import TrustedProxies, receive_webhook
@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
 
     app = Starlette(
         routes=[
-            Route("/webhooks/hubspot", receive_webhook, methods=["POST"]),
+            Route(WEBHOOK_PATH, receive_webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/readyz", readyz, methods=["GET", "HEAD"]),
             Route("/oauth/install", oauth_install, methods=["GET"]),
