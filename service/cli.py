@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import re
+import os
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from service.devtools import receiver, send
 from service.hubspot.reconcile import OBJECT_TYPES
 from service.logs import configure_logging
 from service.models import INBOX_STATUSES
-from service.ops import commands
+from service.ops import arguments, commands, doctor
 from service.rules.language import RuleError
 from service.settings import WEBHOOK_PATH, Settings, SettingsError, dev_client_secret
 from service.web import server
@@ -24,7 +23,18 @@ from service.worker import process
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `hubspot-webhooks` and `python -m service`."""
-    args = _parser().parse_args(argv)
+    try:
+        code = _run(_parser().parse_args(argv))
+        sys.stdout.flush()  # inside the try, so a reader that went away (`| head`) is seen
+    except BrokenPipeError:  # the signal module docs' recipe: no traceback, exit 1
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "doctor":  # it checks the configuration itself
+        return doctor.main(as_json=args.json, self_test=args.self_test)
     try:
         settings = Settings.from_env()
         code: int = args.run(args, settings)
@@ -110,14 +120,14 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the web server (uses DATABASE_URL)")
     serve.add_argument("--host", default="0.0.0.0", help="interface to bind (default 0.0.0.0)")  # noqa: S104
-    serve.add_argument("--port", type=int, help="port (default $PORT, else 8000)")
+    serve.add_argument("--port", type=arguments.port, help="port (default $PORT, else 8000)")
     serve.set_defaults(run=_serve)
 
     dev = sub.add_parser(
         "dev", help="local development: embedded database if needed, migrate, serve"
     )
     dev.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    dev.add_argument("--port", type=int, help="port (default $PORT, else 8000)")
+    dev.add_argument("--port", type=arguments.port, help="port (default $PORT, else 8000)")
     dev.set_defaults(run=_dev)
 
     migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest version")
@@ -133,11 +143,14 @@ def _parser() -> argparse.ArgumentParser:
     worker.set_defaults(run=_worker)
 
     _operator_commands(sub)
+    doc = sub.add_parser("doctor", help="check configuration, database, HubSpot and workers")
+    doc.add_argument("--json", action="store_true", help="print one JSON object")
+    doc.add_argument("--self-test", action="store_true", help="POST a signed test event too")
 
     rcv = sub.add_parser(
         "receiver", help="a local endpoint for the webhook action: verifies and prints deliveries"
     )
-    rcv.add_argument("--port", type=int, default=9000, help="port (default 9000)")
+    rcv.add_argument("--port", type=arguments.port, default=9000, help="port (default 9000)")
     rcv.add_argument(
         "--secret", help="whsec_... secret (default: DATA_DIR/receiver-secret, created once)"
     )
@@ -188,7 +201,7 @@ def _operator_commands(sub: Any) -> None:
     )
     reconcile.add_argument(
         "--since",
-        type=_when,
+        type=arguments.when,
         help="modified at or after (ISO time or 30m, 2h, 1d); default: the last successful"
         " reconcile minus RECONCILE_LOOKBACK, or everything the first time",
     )
@@ -226,7 +239,9 @@ def _operator_commands(sub: Any) -> None:
     runs.add_argument("--status", action="append", default=[], choices=outbox.RUN_STATUSES)
     runs.add_argument("--rule", help="rule name")
     runs.add_argument("--portal", type=int, help="portal (HubSpot account) id")
-    runs.add_argument("--since", type=_when, help="created at or after: ISO time or 30m, 2h, 1d")
+    runs.add_argument(
+        "--since", type=arguments.when, help="created at or after: ISO time or 30m, 2h, 1d"
+    )
     runs.add_argument("--id", type=int, action="append", default=[], help="run id (repeatable)")
     runs.add_argument("--all", action="store_true", help="with replay: every run")
     runs.add_argument("--limit", type=int, default=50, help="rows to list (default 50)")
@@ -248,8 +263,12 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--type", help="subscription type, e.g. contact.propertyChange")
     parser.add_argument("--portal", type=int, help="portal (HubSpot account) id")
     parser.add_argument("--object-id", type=int, help="HubSpot object id")
-    parser.add_argument("--since", type=_when, help="received at or after: ISO time or 30m, 2h, 1d")
-    parser.add_argument("--until", type=_when, help="received before: ISO time or 30m, 2h, 1d")
+    parser.add_argument(
+        "--since", type=arguments.when, help="received at or after: ISO time or 30m, 2h, 1d"
+    )
+    parser.add_argument(
+        "--until", type=arguments.when, help="received before: ISO time or 30m, 2h, 1d"
+    )
 
 
 def _filters(args: argparse.Namespace) -> inbox.Filters:
@@ -262,20 +281,3 @@ def _filters(args: argparse.Namespace) -> inbox.Filters:
         since=args.since,
         until=args.until,
     )
-
-
-_RELATIVE = re.compile(r"^(\d+)([smhd])$")
-
-
-def _when(value: str) -> datetime:
-    match = _RELATIVE.match(value)
-    if match:
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
-        return db.utcnow() - timedelta(**{unit: int(match.group(1))})
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not an ISO time (2026-11-25T10:00Z) or an age (30m, 2h, 1d)"
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=db.utcnow().tzinfo)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.engine import Engine
@@ -20,11 +22,24 @@ log = logging.getLogger(__name__)
 
 # Arbitrary constant naming "schema migration" among our advisory locks.
 MIGRATION_LOCK_ID = 0x48_53_57_48_01  # "HSWH" + 1
+MIGRATION_LOCK_POLL_SECONDS = 0.2
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 class DatabaseError(Exception):
     """The database could not be prepared (embedded server start, migration)."""
+
+
+# What every command and the worker say when the tables are missing.
+NOT_MIGRATED = "schema not migrated: run `hubspot-webhooks migrate`"
+
+
+def is_unmigrated(exc: BaseException) -> bool:
+    """Whether `exc` is Postgres saying a table does not exist (SQLSTATE 42P01), as it does on
+    a database `migrate` has not run on yet. Other programming errors are bugs, not this."""
+    return isinstance(exc, sa.exc.ProgrammingError) and isinstance(
+        exc.orig, psycopg.errors.UndefinedTable
+    )
 
 
 def utcnow() -> datetime:
@@ -230,7 +245,14 @@ def _with_migration_lock(url: str, run: Callable[[Any], None]) -> None:
     try:
         with engine.connect() as connection:
             # Two deploys releasing at once: the second waits here, then finds nothing to do.
-            connection.execute(sa.text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+            # It polls rather than blocks in pg_advisory_lock: a session blocked in a statement
+            # holds a snapshot, and CREATE INDEX CONCURRENTLY in the first one's migration would
+            # wait for that snapshot while it waits for the lock (a deadlock).
+            while not connection.execute(
+                sa.text("SELECT pg_try_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID}
+            ).scalar_one():
+                connection.commit()
+                time.sleep(MIGRATION_LOCK_POLL_SECONDS)
             connection.commit()
             try:
                 run(_alembic_config(connection))

@@ -78,6 +78,10 @@ _ASSOCIATION_OBJECTS = {
 }
 
 REDACTED = "REDACTED"
+# The subscription type of `doctor --self-test`'s event: a namespace HubSpot never sends, so the
+# row is recognisable as a test. It normalises to kind OTHER on object type "doctor", which the
+# mirror ignores, and rules and handlers never see it (Event.is_self_test).
+SELF_TEST_TYPE = "doctor.selfTest"
 
 
 def is_mirrored(object_type: str) -> bool:
@@ -129,6 +133,11 @@ class Event:
     def key(self) -> tuple[int, str, int]:
         """(portal, object type, object id): the mirror row this event is about."""
         return (self.portal_id, self.object_type, self.object_id or 0)
+
+    @property
+    def is_self_test(self) -> bool:
+        """The marked test event `doctor --self-test` sends: no rule or handler may fire on it."""
+        return self.subscription_type.startswith("doctor.")
 
     @property
     def redacted(self) -> bool:

@@ -53,6 +53,8 @@ class RecordResult:
 
     received: int
     stored: int
+    # How many of the stored events were of each subscription type (for /metrics).
+    stored_by_type: tuple[tuple[str, int], ...] = ()
 
     @property
     def duplicates(self) -> int:
@@ -169,9 +171,9 @@ _RECORD_SQL = """
                e
         FROM jsonb_array_elements(%(events)s::jsonb) AS e
         ON CONFLICT ON CONSTRAINT pk_inbox_events DO NOTHING
-        RETURNING 1
+        RETURNING subscription_type
     )
-    SELECT count(*) AS stored FROM stored
+    SELECT subscription_type, count(*) AS stored FROM stored GROUP BY subscription_type
 """
 
 
@@ -187,9 +189,12 @@ async def record_delivery(
     cursor = await connection.execute(
         _RECORD_SQL, {"events": batch.json_text, "signature_version": signature_version}
     )
-    row = await cursor.fetchone()
-    stored = int(row[0]) if row is not None else 0
-    return RecordResult(received=len(batch.events), stored=stored)
+    by_type = tuple((str(kind), int(count)) for kind, count in await cursor.fetchall())
+    return RecordResult(
+        received=len(batch.events),
+        stored=sum(count for _, count in by_type),
+        stored_by_type=by_type,
+    )
 
 
 class Notifier:

@@ -53,6 +53,15 @@ inbox_events = sa.Table(
     ),
     sa.Index("ix_inbox_events_received_at", "received_at"),
     sa.Index("ix_inbox_events_object", "portal_id", "object_id"),
+    # For /metrics: counts of the rows not done (few, unlike done) by an index-only scan, and
+    # the apply lag of the latest processed rows without reading the table.
+    sa.Index("ix_inbox_events_open", "status", postgresql_where=sa.text("status <> 'done'")),
+    sa.Index(
+        "ix_inbox_events_processed_at",
+        "processed_at",
+        postgresql_include=["received_at"],
+        postgresql_where=sa.text("processed_at IS NOT NULL"),
+    ),
 )
 
 # The mirror: one row per CRM record. Every field is a last-writer-wins register whose version
@@ -127,6 +136,9 @@ hydration_requests = sa.Table(
         "ix_hydration_requests_due",
         "next_attempt_at",
         postgresql_where=sa.text("status = 'pending'"),
+    ),
+    sa.Index(
+        "ix_hydration_requests_dead", "requested_at", postgresql_where=sa.text("status = 'dead'")
     ),
 )
 
@@ -226,6 +238,7 @@ action_runs = sa.Table(
         postgresql_where=sa.text("status IN ('pending', 'failed')"),
     ),
     sa.Index("ix_action_runs_object", "portal_id", "object_id"),
+    sa.Index("ix_action_runs_open", "status", postgresql_where=sa.text("status <> 'done'")),
 )
 
 # Records our own actions created in HubSpot: their echoes do not trigger rules.
@@ -250,4 +263,18 @@ pipeline_stages = sa.Table(
     sa.Column("label", sa.Text, nullable=False),
     _now_column("fetched_at"),
     sa.PrimaryKeyConstraint("portal_id", "object_type", "stage_id"),
+)
+
+# One row per running worker process, so "no live worker" shows on /metrics (service/heartbeats.py).
+worker_heartbeats = sa.Table(
+    "worker_heartbeats",
+    metadata,
+    sa.Column("worker_id", sa.Text, nullable=False),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("stages", sa.ARRAY(sa.Text), nullable=False, server_default="{}"),
+    _now_column("started_at"),
+    _now_column("last_seen_at"),
+    sa.Column("last_batch_at", sa.DateTime(timezone=True), comment="its apply stage's last claim"),
+    sa.PrimaryKeyConstraint("worker_id"),
 )

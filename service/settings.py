@@ -96,6 +96,7 @@ class Settings:
     api_base_url: str = DEFAULT_API_BASE_URL
     port: int = 8000
     admin_token: str | None = field(default=None, repr=False)
+    metrics_token: str | None = field(default=None, repr=False)
     rules_file: Path | None = None
     slack_webhook_url: str | None = field(default=None, repr=False)
     log_level: str = "INFO"
@@ -134,8 +135,9 @@ class Settings:
             client_id=r.get("HUBSPOT_CLIENT_ID", str),
             webhook_public_url=r.get("WEBHOOK_PUBLIC_URL", _public_url),
             api_base_url=r.get("HUBSPOT_API_BASE_URL", _base_url) or DEFAULT_API_BASE_URL,
-            port=r.get("PORT", _port) or 8000,
+            port=r.get("PORT", port_number) or 8000,
             admin_token=r.get("ADMIN_TOKEN", _admin_token),
+            metrics_token=r.get("METRICS_TOKEN", _bearer_token),
             rules_file=r.get("RULES_FILE", _existing_file),
             slack_webhook_url=r.get("SLACK_WEBHOOK_URL", _base_url),
             log_level=r.get("LOG_LEVEL", _choice(LOG_LEVELS, upper=True)) or "INFO",
@@ -226,7 +228,8 @@ def _base_url(value: str) -> str:
     return _http_url(value).rstrip("/")
 
 
-def _port(value: str) -> int:
+def port_number(value: str) -> int:
+    """A TCP port to listen on, 1 to 65535: the rule for PORT and every `--port`."""
     return _int_range(1, 65535)(value)
 
 
@@ -265,6 +268,14 @@ def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[str],
 def _admin_token(value: str) -> str:
     if len(value) < 16:
         raise ValueError("must be at least 16 characters")
+    return value
+
+
+def _bearer_token(value: str) -> str:
+    if len(value) < 16:
+        raise ValueError("must be at least 16 characters")
+    if not all(33 <= ord(c) <= 126 for c in value):
+        raise ValueError("must be printable ASCII without spaces (it travels in a header)")
     return value
 
 

@@ -31,6 +31,7 @@ TOKEN = "pat-na1-00000000-0000-4000-8000-000000062515"  # PORTAL's private app t
 APP_ID = 54321
 CLIENT_SECRET = "test-client-secret-0123456789"  # HubSpot's signing secret in these tests
 WEBHOOK_URL = "http://testserver/webhooks/hubspot"  # the endpoint as Starlette's TestClient sees it
+METRICS_TOKEN = "test-metrics-token-0123456789"  # METRICS_TOKEN of the web tests that set one
 
 # --- rules and their targets -----------------------------------------------------------------
 
@@ -215,3 +216,17 @@ def run_context(
 def slack_payload(text: str = "Won: Big deal ($1,000.00)", blocks: Any = None) -> dict[str, Any]:
     """A slack action's payload as the rule engine renders it."""
     return {"action": "slack", "text": text, "blocks": blocks}
+
+
+def action_run(inbox_id: int, *, rule: str = "won", action: str = "log") -> dict[str, Any]:
+    """An action run of PORTAL's deal 1 as the rule engine enqueues it (`outbox.enqueue`)."""
+    return {
+        "portal_id": PORTAL,
+        "inbox_id": inbox_id,
+        "rule": rule,
+        "action_index": 0,
+        "action": action,
+        "object_type": "deals",
+        "object_id": 1,
+        "payload": {"action": action, "message": "won"},
+    }

@@ -10,9 +10,9 @@
 
 What it serves (HUBSPOT.md §4): objects get/list/create/update/archive, batch read (100 ids,
 207 with OBJECT_NOT_FOUND errors), search (200 per page, the 10,000-result cap, filters and
-sorts, its own per-second limit and no rate-limit headers), pipelines, and OAuth (code and
-refresh grants, token introspection). Every authenticated call goes through a rolling
-ten-second window per app per account with real 429s and Retry-After, and the
+sorts, its own per-second limit and no rate-limit headers), pipelines, OAuth (code and
+refresh grants, token introspection) and private app token info. Every authenticated call goes
+through a rolling ten-second window per app per account with real 429s and Retry-After, and the
 X-HubSpot-RateLimit-* headers (the daily ones only for private-app tokens, as HubSpot does).
 Switches inject 5xx, latency and dropped connections; every call is recorded.
 
@@ -921,6 +921,11 @@ class FakeHubSpot:
                 Route("/oauth/v1/token", self._token, methods=["POST"]),
                 Route("/oauth/v1/access-tokens/{token}", self._access_token_info, methods=["GET"]),
                 Route(
+                    "/oauth/v2/private-apps/get/access-token-info",
+                    self._private_app_token_info,
+                    methods=["POST"],
+                ),
+                Route(
                     "/oauth/v1/refresh-tokens/{token}",
                     self._refresh_token_info,
                     methods=["GET", "DELETE"],
@@ -1435,6 +1440,26 @@ class FakeHubSpot:
                 "expires_in": max(0, int(info.expires_at - time.time())),
                 "user_id": 1_000_000 + info.portal_id % 1_000_000,
                 "token_type": "access",
+            }
+        return JSONResponse(body)
+
+    async def _private_app_token_info(self, request: Request) -> Response:
+        """A private app token's portal and scopes: `{"tokenKey": "pat-..."}` in the body."""
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError as exc:
+            return _error(400, f"Invalid input JSON: {exc}", "VALIDATION_ERROR")
+        token = body.get("tokenKey") if isinstance(body, dict) else None
+        with self._lock:
+            info = self._tokens.get(token) if isinstance(token, str) else None
+            if info is None or info.oauth:
+                return _error(401, _NO_CREDENTIALS, "INVALID_AUTHENTICATION")
+            request.scope[_SCOPE_KEY].portal_id = info.portal_id
+            body = {
+                "userId": 1_000_000 + info.portal_id % 1_000_000,
+                "hubId": info.portal_id,
+                "appId": self.app_id,
+                "scopes": info.scopes,
             }
         return JSONResponse(body)
 

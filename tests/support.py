@@ -8,11 +8,13 @@ import asyncio
 import graphlib
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any, Protocol
 import httpx2
 import psycopg
 import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from service import db, inbox
@@ -70,6 +73,16 @@ def post(client: TestClient, body: bytes, **kwargs: Any) -> httpx2.Response:
     return client.post("/webhooks/hubspot", content=body, headers=v3_headers(body, **kwargs))
 
 
+def scrape(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Prometheus text as {(sample name, {label: value}): value}, through prometheus_client's
+    own parser (so a malformed exposition fails the test)."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 def post_events(client: TestClient, events: Any, **kwargs: Any) -> httpx2.Response:
     """POST `events` as one signed JSON body."""
     return post(client, json.dumps(events).encode(), **kwargs)
@@ -93,6 +106,23 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+@contextmanager
+def empty_database(database_url: str, name: str) -> Iterator[str]:
+    """A database with no tables on the test server, as a deploy has before `migrate`
+    (`name` plus a random suffix, so concurrent test runs never share it)."""
+    name = f"{name}_{secrets.token_hex(4)}"
+    admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def free_port() -> int:

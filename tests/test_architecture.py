@@ -31,6 +31,7 @@ OWNERS = {
     "hubspot_api_calls": "service/hubspot/client.py",
     "reconcile_checkpoints": "service/hubspot/reconcile.py",
     "pipeline_stages": "service/hubspot/pipelines.py",
+    "worker_heartbeats": "service/heartbeats.py",
 }
 # A write statement and its table; `ON CONFLICT .. DO UPDATE` is part of an INSERT.
 WRITE = re.compile(r"\b(?:INSERT\s+INTO|(?<!DO )UPDATE|DELETE\s+FROM|TRUNCATE)\s+([a-z_]+)")

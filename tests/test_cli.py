@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,9 +14,18 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from service import cli, db
-from tests.factories import CLIENT_SECRET
-from tests.support import EXAMPLE_RULES, INVALID_RULES, free_port, invalid_rule_lines, run_cli
+from service import cli, db, heartbeats
+from tests.factories import CLIENT_SECRET, hs
+from tests.support import (
+    EXAMPLE_RULES,
+    INVALID_RULES,
+    ROOT,
+    empty_database,
+    free_port,
+    invalid_rule_lines,
+    run_cli,
+    store_events,
+)
 
 
 @pytest.mark.parametrize(
@@ -178,3 +188,253 @@ def test_a_rules_file_that_does_not_exist_stops_start_up_naming_rules_file(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "RULES_FILE" in line
     assert "nope.toml" in line
+
+
+# --- rough edges an operator meets first -----------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["serve", "dev", "receiver"])
+@pytest.mark.parametrize("port", ["0", "70001"])
+def test_a_port_outside_1_to_65535_is_refused_as_port_is(
+    command: str, port: str, tmp_path: Path
+) -> None:
+    env = {"DATABASE_URL": "postgres://x@h/d", "DATA_DIR": str(tmp_path)}
+
+    result = run_cli(command, "--port", port, env=env, timeout=30)
+
+    assert result.returncode == 2, result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if "error" in line]
+    assert "--port" in error
+    assert f"expected an integer from 1 to 65535, got {port}" in error
+    assert "Traceback" not in result.stderr
+
+
+def test_a_listing_piped_into_head_ends_quietly(clean_db: str) -> None:
+    # `hubspot-webhooks events --json | head -1`: head closes the pipe after one line.
+    events = [hs("contact.creation", object_id, 1000) for object_id in range(1, 1001)]
+    assert sum(store_events(clean_db, events[i : i + 100]) for i in range(0, 1000, 100)) == 1000
+    base = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "service", "events", "--json", "--limit", "1000"],
+        env={**base, "DATABASE_URL": clean_db},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert listing.stdout is not None
+    assert listing.stderr is not None
+    first = listing.stdout.readline()
+    listing.stdout.close()
+    err = listing.stderr.read()
+    listing.stderr.close()
+    listing.wait(60)
+
+    assert first.startswith("{")
+    assert listing.returncode == 1  # what Python's documented EPIPE handling exits with
+    assert err == "", err
+
+
+def test_worker_drain_uses_the_embedded_database_when_database_url_is_unset(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    env = {"DATA_DIR": str(data), "LOG_LEVEL": "WARNING"}
+    with db.database_url_for(None, data) as url:  # the embedded server `dev` runs
+        db.migrate(url)
+        store_events(url, [hs("contact.creation", 101, 1000)])
+
+        drained = run_cli("worker", "--drain", env=env)
+
+        assert drained.returncode == 0, drained.stderr
+        assert "applied 1 events" in drained.stderr
+        engine = db.create_engine(url)
+        with engine.connect() as connection:
+            status = connection.scalar(sa.text("SELECT status FROM inbox_events"))
+        engine.dispose()
+    assert status == "done"
+
+
+def test_a_long_running_worker_still_needs_database_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Started by a platform without DATABASE_URL, it must not wait on an empty embedded database.
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+
+    assert cli.main(["worker"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "DATABASE_URL is not set" in line
+    assert not (tmp_path / "postgres").exists()
+
+
+def test_worker_drain_on_an_unmigrated_database_says_to_migrate(
+    database_url: str, tmp_path: Path
+) -> None:
+    with empty_database(database_url, "hubspot_webhooks_cli_unmigrated") as url:
+        result = run_cli("worker", "--drain", env={"DATABASE_URL": url, "DATA_DIR": str(tmp_path)})
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "hubspot-webhooks: database error: schema not migrated: run `hubspot-webhooks migrate`"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_a_worker_on_an_unmigrated_database_says_so_once_and_starts_once_migrated(
+    database_url: str, tmp_path: Path
+) -> None:
+    with empty_database(database_url, "hubspot_webhooks_cli_migrate_later") as url:
+        base = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
+        env = {"DATABASE_URL": url, "DATA_DIR": str(tmp_path), "WORKER_POLL_SECONDS": "0.2"}
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "service", "worker"],
+            env={**base, **env},
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(3)  # several polls of every stage on the missing tables
+            db.migrate(url)
+            store_events(url, [hs("contact.creation", 101, 1000)])
+            engine = db.create_engine(url)
+            deadline = time.monotonic() + 30
+            status = None
+            while status != "done" and time.monotonic() < deadline:
+                time.sleep(0.2)
+                with engine.connect() as connection:
+                    status = connection.scalar(sa.text("SELECT status FROM inbox_events"))
+            engine.dispose()
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            _, err = worker.communicate(timeout=60)
+
+    assert status == "done", err
+    assert worker.returncode == 0, err
+    events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    assert events.count("schema_not_migrated") == 1, err
+    assert "loop_error" not in events, err
+
+
+def test_the_worker_says_how_many_rules_it_loaded_from_where(clean_db: str, tmp_path: Path) -> None:
+    env = {"DATABASE_URL": clean_db, "RULES_FILE": str(EXAMPLE_RULES), "DATA_DIR": str(tmp_path)}
+
+    result = run_cli("worker", "--drain", env=env)
+
+    assert result.returncode == 0, result.stderr
+    (loaded,) = [
+        json.loads(line)
+        for line in result.stderr.splitlines()
+        if line.startswith("{") and json.loads(line)["event"] == "rules_loaded"
+    ]
+    assert loaded["summary"] == f"4 rules, 5 actions from {EXAMPLE_RULES}; 0 code rules"
+    assert (loaded["rules"], loaded["actions"], loaded["code_rules"]) == (4, 5, 0)
+    assert loaded["file"] == str(EXAMPLE_RULES)
+
+
+def test_serve_says_how_many_rules_it_loaded_too(clean_db: str, tmp_path: Path) -> None:
+    port = free_port()
+    base = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
+    env = {
+        "DATABASE_URL": clean_db,
+        "HUBSPOT_CLIENT_SECRET": CLIENT_SECRET,
+        "RULES_FILE": str(EXAMPLE_RULES),
+        "DATA_DIR": str(tmp_path),
+    }
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env={**base, **env},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert serve.poll() is None, serve.communicate()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "serve did not come up"
+            time.sleep(0.2)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        _, err = serve.communicate(timeout=60)
+
+    loaded = [json.loads(line) for line in err.splitlines() if '"rules_loaded"' in line]
+    assert [entry["summary"] for entry in loaded] == [
+        f"4 rules, 5 actions from {EXAMPLE_RULES}; 0 code rules"
+    ]
+
+
+def test_doctor_self_test_reaches_a_running_server_and_its_event_fires_nothing(
+    clean_db: str, engine: sa.Engine, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        "DATABASE_URL": clean_db,
+        "DATA_DIR": str(tmp_path / "data"),
+        "HUBSPOT_CLIENT_SECRET": CLIENT_SECRET,
+        "WEBHOOK_PUBLIC_URL": f"http://127.0.0.1:{port}/webhooks/hubspot",
+        "RULES_FILE": str(EXAMPLE_RULES),
+        "LOG_LEVEL": "WARNING",
+    }
+    with engine.begin() as connection:
+        heartbeats.beat(connection, "cli-test", host="test-host", pid=1, stages=["apply"])
+    base = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env={**base, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        result = run_cli("doctor", "--self-test", env=env)
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1].startswith("✓ self-test: signed test event stored as inbox id")
+    assert "! public URL: http://127.0.0.1" in result.stdout  # local: a warning, not a failure
+    assert CLIENT_SECRET not in result.stdout
+    drained = run_cli("worker", "--drain", env=env)
+    assert drained.returncode == 0, drained.stderr
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT subscription_type, portal_id, status FROM inbox_events")
+        ).all()
+        runs = connection.scalar(sa.text("SELECT count(*) FROM action_runs"))
+    assert [tuple(r) for r in rows] == [("doctor.selfTest", 0, "ignored")]
+    assert runs == 0
+
+
+def test_doctor_prints_json_and_exits_1_when_a_check_fails(tmp_path: Path) -> None:
+    env = {
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:{free_port()}/postgres",
+        "DATA_DIR": str(tmp_path),
+    }
+    result = run_cli("doctor", "--json", env=env)
+
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    failed = {c["name"]: c["fix"] for c in report["checks"] if c["status"] == "fail"}
+    assert set(failed) == {"database", "client secret"}
+    assert "DATABASE_URL" in failed["database"]
+
+    plain = run_cli("doctor", env={"PORT": "eighty"})
+    assert plain.returncode == 1
+    assert plain.stdout.startswith("✗ configuration: PORT is invalid")

@@ -236,7 +236,8 @@ def test_a_target_that_always_fails_ends_dead_and_replays_once_fixed(
 
     listing = h.cli("actions", "--status", "dead")
     assert listing.returncode == 0, listing.stderr
-    (line, error) = listing.stdout.splitlines()
+    (header, line, error) = listing.stdout.splitlines()
+    assert header.split()[:5] == ["id", "status", "att", "action", "rule"]
     assert line.split()[:5] == [str(run.id), "dead", "3", "webhook", "deal-won"]
     assert "deals:301" in line
     assert error.strip() == "error: webhook answered 500"

@@ -89,6 +89,8 @@ def test_values_are_parsed() -> None:
         ("LOG_LEVEL", "LOUD"),
         ("LOG_FORMAT", "xml"),
         ("ADMIN_TOKEN", "short"),
+        ("METRICS_TOKEN", "short"),
+        ("METRICS_TOKEN", "has a space in the middle"),
         ("RULES_FILE", "/no/such/rules.toml"),
         ("HUBSPOT_CLIENT_SECRET", " , "),
     ],
@@ -114,3 +116,13 @@ def test_secrets_are_not_in_the_repr() -> None:
 
     assert "s3cr3t-value" not in repr(settings)
     assert "pat-na1-xyz" not in repr(settings)
+
+
+def test_metrics_token_is_read_and_kept_out_of_the_repr() -> None:
+    token = "a-long-enough-metrics-token"
+
+    settings = Settings.from_env({"METRICS_TOKEN": token})
+
+    assert settings.metrics_token == token
+    assert token not in repr(settings)
+    assert Settings.from_env({}).metrics_token is None

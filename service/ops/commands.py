@@ -46,11 +46,18 @@ def _json(row: sa.Row[object], *, indent: int | None = None) -> str:
 
 @contextmanager
 def operator_database(settings: Settings) -> Iterator[sa.Engine]:
-    """An engine on DATABASE_URL, or on the embedded server `dev` runs (started if needed)."""
+    """An engine on DATABASE_URL, or on the embedded server `dev` runs (started if needed).
+
+    Missing tables become a DatabaseError saying to run `migrate`, not a traceback.
+    """
     with db.database_url_for(settings.database_url, settings.data_dir) as url:
         engine = db.create_engine(url, pool_size=1)
         try:
             yield engine
+        except sa.exc.ProgrammingError as exc:
+            if not db.is_unmigrated(exc):
+                raise
+            raise db.DatabaseError(db.NOT_MIGRATED) from None
         finally:
             engine.dispose()
 
@@ -244,6 +251,7 @@ def list_actions(settings: Settings, filters: outbox.RunFilters, *, limit: int) 
     """`actions`: the newest matching runs, with the first line of each error."""
     with operator_database(settings) as engine, engine.connect() as connection:
         rows = outbox.list_runs(connection, filters, limit=limit)
+    _out(f"{'id':>8}  {'status':<7} {'att':>3}  {'action':<13} {'rule':<28} object  result")
     for row in rows:
         _out(
             f"{row.id:>8}  {row.status:<7} {row.attempts:>3}  {row.action:<13} {row.rule:<28}"

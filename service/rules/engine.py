@@ -64,7 +64,7 @@ class RuleEngine:
         return any(r.prop == "dealstage" for r in self.rules)
 
     def _relevant(self, event: Event) -> bool:
-        return any(
+        return not event.is_self_test and any(
             rule.kind is event.kind and rule.object_type in ("*", event.object_type)
             for rule in self.rules
         )

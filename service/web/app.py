@@ -14,14 +14,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import Route
 
 from service import db, inbox
 from service.settings import WEBHOOK_PATH, Settings
+from service.web.gauges import DatabaseCollector
 from service.web.health import healthz, readyz
+from service.web.metrics import WebhookMetrics, metrics
 from service.web.oauth import oauth_callback, oauth_install
-from service.web.webhook import TrustedProxies, receive_webhook
+from service.web.webhook import TrustedProxies, receive_webhook, wrong_path
+
+_ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +62,15 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         notifier = inbox.Notifier(pool)
         notifier.start()
         app.state.notifier = notifier
-        # OAuth installs and /readyz details use the synchronous engine; rare, so small.
+        # OAuth installs, /readyz details and /metrics scrapes use the synchronous engine;
+        # rare, so small.
         app.state.engine = db.create_engine(url, pool_size=1)
+        collector = DatabaseCollector(app.state.engine)
+        registry.register(collector)
         try:
             yield
         finally:
+            registry.unregister(collector)
             await notifier.stop()
             await pool.close()
             app.state.engine.dispose()
@@ -69,12 +78,19 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     app = Starlette(
         routes=[
             Route(WEBHOOK_PATH, receive_webhook, methods=["POST"]),
+            # Matching here, /webhooks/hubspot/ never gets Starlette's slash redirect (wrong_path).
+            Route("/webhooks{rest:path}", wrong_path, methods=_ANY_METHOD),
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/readyz", readyz, methods=["GET", "HEAD"]),
             Route("/oauth/install", oauth_install, methods=["GET"]),
             Route("/oauth/callback", oauth_callback, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
     app.state.config = config
+    # A registry per app, not prometheus_client's global one: apps in one process keep apart.
+    registry = CollectorRegistry()
+    app.state.registry = registry
+    app.state.webhook_metrics = WebhookMetrics(registry)
     return app

@@ -20,10 +20,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from service import inbox
+from service.settings import WEBHOOK_PATH
 from service.signature import InvalidSignature, build_request_uri, verify_request
 
 if TYPE_CHECKING:
     from service.web.app import Config
+    from service.web.metrics import WebhookMetrics
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +42,17 @@ class BodyTooLarge(Exception):
 async def receive_webhook(request: Request) -> Response:
     """POST /webhooks/hubspot: size limit, signature, parse, store once, 200 only when committed."""
     config: Config = request.app.state.config
+    counted: WebhookMetrics = request.app.state.webhook_metrics
     limit = config.settings.max_body_bytes
     started = time.perf_counter()
     try:
         body = await _read_body(request, limit)
     except BodyTooLarge:
         log.warning("webhook_rejected", extra={"reason": "body_too_large"})
+        counted.rejected(413, "body_too_large", started)
         return error_response(413, "body_too_large", f"body exceeds {limit} bytes")
     except ClientDisconnect:
+        counted.rejected(400, "client_disconnect", started)
         return Response(status_code=400)
     try:
         check = verify_request(
@@ -62,11 +67,13 @@ async def receive_webhook(request: Request) -> Response:
         )
     except InvalidSignature as exc:
         log.warning("webhook_rejected", extra={"reason": exc.reason, "detail": str(exc)})
+        counted.rejected(401, exc.reason, started)
         return error_response(401, "unauthorized", exc.reason, detail=str(exc))
     try:
         batch = inbox.parse_batch(body)
     except inbox.InvalidBatch as exc:
         log.warning("webhook_rejected", extra={"reason": "invalid_body", "detail": str(exc)})
+        counted.rejected(400, "invalid_body", started)
         return error_response(400, "invalid_body", str(exc))
     try:
         result = await _record(request.app.state.pool, batch, check.version)
@@ -75,6 +82,7 @@ async def receive_webhook(request: Request) -> Response:
             "webhook_not_stored",
             extra={"reason": type(exc).__name__, "events": len(batch.events)},
         )
+        counted.rejected(503, "storage_unavailable", started)
         return error_response(
             503,
             "storage_unavailable",
@@ -93,8 +101,22 @@ async def receive_webhook(request: Request) -> Response:
             "ms": round((time.perf_counter() - started) * 1000, 2),
         },
     )
+    counted.recorded(result, started)
     return JSONResponse(
         {"received": result.received, "stored": result.stored, "duplicates": result.duplicates}
+    )
+
+
+async def wrong_path(request: Request) -> Response:
+    """Any other path under /webhooks: 404 naming the real one. Never a redirect to it: HubSpot
+    signed the URL it was given, so the target URL itself must be fixed in the app settings."""
+    if request.scope["path"] == WEBHOOK_PATH:  # the right path, another method than POST
+        return error_response(
+            405, "method_not_allowed", f"{WEBHOOK_PATH} takes POST", headers={"Allow": "POST"}
+        )
+    log.warning("webhook_wrong_path", extra={"path": request.url.path[:200]})
+    return error_response(
+        404, "not_found", f"the webhook path is {WEBHOOK_PATH}: HubSpot's target URL must end so"
     )
 
 

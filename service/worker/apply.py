@@ -13,11 +13,12 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from service import inbox, mirror
+from service import db, inbox, mirror
 from service.events import Event, normalise
 from service.rules.engine import Before, RuleEngine
 from service.rules.registry import Registry, registry
@@ -49,12 +50,16 @@ class Worker:
     poll_seconds: float = 5.0
     handlers: Registry = field(default_factory=lambda: registry)
     rules: RuleEngine | None = None
+    # When a batch was last claimed, for the heartbeat thread to read (a round trip saved).
+    last_batch_at: datetime | None = field(default=None, init=False)
 
     def run_batch(self) -> BatchReport:
         """Claim, apply and settle one batch in one transaction."""
         started = time.perf_counter()
         with self.engine.begin() as connection:
             claimed = inbox.claim_due(connection, self.batch_size)
+            if claimed:
+                self.last_batch_at = db.utcnow()
             outcomes = self._apply(connection, claimed) if claimed else []
             inbox.settle(connection, outcomes, max_attempts=self.max_attempts)
         report = BatchReport(claimed=len(claimed), seconds=time.perf_counter() - started)

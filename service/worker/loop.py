@@ -56,6 +56,28 @@ class Wakeup:
             self._connection = None
 
 
+class _SchemaWait:
+    """The loops of this process that found the schema missing: the first one says so, the
+    others (and every retry) stay quiet until all of them got through a step again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: set[object] = set()
+
+    def missing(self, loop: object) -> None:
+        with self._lock:
+            if not self._waiting:
+                log.warning("schema_not_migrated", extra={"hint": db.NOT_MIGRATED})
+            self._waiting.add(loop)
+
+    def done(self, loop: object) -> None:
+        with self._lock:
+            self._waiting.discard(loop)
+
+
+_schema = _SchemaWait()
+
+
 def run_loop(
     name: str,
     step: Callable[[], int],
@@ -67,25 +89,32 @@ def run_loop(
 ) -> None:
     """Call `step` until `stop` is set; after a step that found nothing to do, wait for the
     wakeup's NOTIFY or `idle_seconds`. An error is logged (its type only) and the loop goes on
-    after `error_seconds` (default `idle_seconds`).
+    after `error_seconds` (default `idle_seconds`). Missing tables (a database not migrated
+    yet) are said once per process, not per loop or attempt, and waited out the same way.
     """
     log.info("loop_started", extra={"loop": name})
+    me = object()
     while not stop.is_set():
         try:
             if wakeup is not None:
                 wakeup.listen()
-            if step():
+            did = step()
+            _schema.done(me)
+            if did:
                 continue
             if wakeup is not None:
                 wakeup.wait(idle_seconds, stop)
             else:
                 stop.wait(idle_seconds)
         except Exception as exc:  # noqa: BLE001 - a stage must outlive any one failure
-            # The type only: driver messages can quote row values (personal data).
-            log.error("loop_error", extra={"loop": name, "error": type(exc).__name__})
+            if db.is_unmigrated(exc):
+                _schema.missing(me)
+            else:  # the type only: driver messages can quote row values (personal data)
+                log.error("loop_error", extra={"loop": name, "error": type(exc).__name__})
             if wakeup is not None:
                 wakeup.close()
             stop.wait(idle_seconds if error_seconds is None else error_seconds)
+    _schema.done(me)
     if wakeup is not None:
         wakeup.close()
     log.info("loop_stopped", extra={"loop": name})

@@ -27,6 +27,7 @@ from service.rules.registry import load_modules, registry
 from service.settings import Settings, SettingsError
 from service.worker.act import ActionRunner
 from service.worker.apply import Worker
+from service.worker.heartbeat import Heartbeat
 from service.worker.loop import Wakeup, run_loop
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,31 @@ PIPELINES_REFRESH_SECONDS = 600.0
 
 
 def load_rules(settings: Settings) -> RuleEngine | None:
-    """User handler modules, then the rules of RULES_FILE and code; RuleError if invalid."""
+    """User handler modules, then the rules of RULES_FILE and code; RuleError if invalid.
+
+    Logs `rules_loaded`, so `serve`, `dev` and `worker` each say what they will fire.
+    """
     load_modules(settings.handler_modules)
-    return load_engine(settings, registry.rules)
+    code = registry.rules
+    engine = load_engine(settings, code)
+    from_file = list(engine.rules[: len(engine.rules) - len(code)]) if engine else []  # file first
+    actions = sum(len(rule.actions) for rule in from_file)
+    where = (
+        f"{len(from_file)} rules, {actions} actions from {settings.rules_file}"
+        if settings.rules_file is not None
+        else "no RULES_FILE"
+    )
+    log.info(
+        "rules_loaded",
+        extra={
+            "summary": f"{where}; {len(code)} code rules",
+            "rules": len(from_file),
+            "actions": actions,
+            "file": None if settings.rules_file is None else str(settings.rules_file),
+            "code_rules": len(code),
+        },
+    )
+    return engine
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,34 +80,56 @@ def run(settings: Settings) -> None:
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-        with _stages(settings, engine, stop, rules):
-            _apply_stage(settings, engine, rules).run(stop)
+        apply = _apply_stage(settings, engine, rules)
+        with (
+            _stages(settings, engine, stop, rules) as stages,
+            Heartbeat(engine, ("apply", *stages), last_batch=lambda: apply.last_batch_at),
+        ):
+            apply.run(stop)
     finally:
         engine.dispose()
 
 
 def drain(settings: Settings) -> Drained:
-    """`hubspot-webhooks worker --drain`: apply, fetch and act until each finds nothing to do."""
-    engine = _engine(settings)
+    """`hubspot-webhooks worker --drain`: apply, fetch and act until each finds nothing to do.
+
+    A one-off run like the operator commands, so like them it uses the embedded database `dev`
+    runs when DATABASE_URL is unset; missing tables are a DatabaseError saying to migrate.
+    """
     rules = load_rules(settings)
-    try:
-        applied = _apply_stage(settings, engine, rules).drain()
-        fetched = None
-        hydrator = _hydrate_stage(settings, engine)
-        if hydrator is not None:
-            fetched = hydrator.drain()
-            hydrator.close()
-        runner = _act_stage(settings, engine, rules)
-        ran = runner.drain()
-        runner.close()
-    finally:
-        engine.dispose()
+    with db.database_url_for(settings.database_url, settings.data_dir) as url:
+        engine = db.create_engine(url, pool_size=2)
+        try:
+            return _drain(settings, engine, rules)
+        except sa.exc.ProgrammingError as exc:
+            if not db.is_unmigrated(exc):
+                raise
+            raise db.DatabaseError(db.NOT_MIGRATED) from None
+        finally:
+            engine.dispose()
+
+
+def _drain(settings: Settings, engine: sa.Engine, rules: RuleEngine | None) -> Drained:
+    applied = _apply_stage(settings, engine, rules).drain()
+    fetched = None
+    hydrator = _hydrate_stage(settings, engine)
+    if hydrator is not None:
+        fetched = hydrator.drain()
+        hydrator.close()
+    runner = _act_stage(settings, engine, rules)
+    ran = runner.drain()
+    runner.close()
     return Drained(applied, fetched, ran)
 
 
 def _engine(settings: Settings) -> sa.Engine:
+    # Strict, unlike `--drain`: a long-running worker deployed without DATABASE_URL must stop
+    # here, not wait forever on an empty embedded database of its own.
     if settings.database_url is None:
-        raise SettingsError("DATABASE_URL is not set: `worker` needs the service's database")
+        raise SettingsError(
+            "DATABASE_URL is not set: `worker` needs the service's database"
+            " (only `worker --drain` falls back to dev's embedded one)"
+        )
     return db.create_engine(settings.database_url, pool_size=2)
 
 
@@ -94,10 +139,12 @@ def in_background(settings: Settings, url: str) -> Iterator[None]:
     rules = load_rules(settings)
     engine = db.create_engine(url, pool_size=3)
     stop = threading.Event()
-    thread = threading.Thread(
-        target=_apply_stage(settings, engine, rules).run, args=(stop,), name="worker", daemon=True
-    )
-    with _stages(settings, engine, stop, rules):
+    apply = _apply_stage(settings, engine, rules)
+    thread = threading.Thread(target=apply.run, args=(stop,), name="worker", daemon=True)
+    with (
+        _stages(settings, engine, stop, rules) as stages,
+        Heartbeat(engine, ("apply", *stages), last_batch=lambda: apply.last_batch_at),
+    ):
         thread.start()
         try:
             yield
@@ -146,8 +193,9 @@ def _hydrate_stage(settings: Settings, engine: sa.Engine) -> Hydrator | None:
 @contextmanager
 def _stages(
     settings: Settings, engine: sa.Engine, stop: threading.Event, rules: RuleEngine | None
-) -> Iterator[None]:
-    """The stages that call out run in threads of their own beside the apply loop."""
+) -> Iterator[list[str]]:
+    """The stages that call out run in threads of their own beside the apply loop (their
+    names are yielded)."""
     threads: list[threading.Thread] = []
 
     def start(name: str, step: Callable[[], int], idle: float, wakeup: Wakeup | None) -> None:
@@ -193,7 +241,7 @@ def _stages(
     for thread in threads:
         thread.start()
     try:
-        yield
+        yield [thread.name for thread in threads]
     finally:
         stop.set()
         for thread in threads:

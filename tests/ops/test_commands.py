@@ -29,6 +29,7 @@ from tests.support import (
     EXAMPLE_RULES,
     INVALID_RULES,
     ROOT,
+    empty_database,
     invalid_rule_lines,
     run_cli,
     store_events,
@@ -367,6 +368,27 @@ def test_replay_is_a_domain_function_too(rows: Inbox, engine: sa.Engine) -> None
 
 
 # --- rules check -----------------------------------------------------------------------------
+
+
+def test_actions_lists_under_a_header_row_as_events_does(clean_db: str) -> None:
+    result = run("actions", database_url=clean_db)
+
+    assert result.returncode == 0, result.stderr
+    (header,) = result.stdout.splitlines()
+    assert header.split() == ["id", "status", "att", "action", "rule", "object", "result"]
+    assert result.stderr.strip() == "0 action runs"
+
+
+def test_an_operator_command_on_an_unmigrated_database_says_to_migrate(
+    database_url: str,
+) -> None:
+    with empty_database(database_url, "hubspot_webhooks_ops_unmigrated") as url:
+        result = run("events", database_url=url)
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "hubspot-webhooks: database error: schema not migrated: run `hubspot-webhooks migrate`"
+    )
 
 
 def test_rules_check_accepts_the_examples() -> None:

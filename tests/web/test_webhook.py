@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from service import db, inbox
+from service.settings import WEBHOOK_PATH
 from service.signature import sign_v1, sign_v2
 from service.web.app import create_app
 from tests.factories import CLIENT_SECRET, WEBHOOK_URL, numbered_event, v3_headers
@@ -345,7 +346,10 @@ def test_body_over_the_limit_is_413_and_not_stored(clean_db: str, engine: sa.Eng
 
 
 def test_get_on_the_webhook_path_is_405(client: TestClient) -> None:
-    assert client.get("/webhooks/hubspot").status_code == 405
+    response = client.get("/webhooks/hubspot")
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
 
 
 # --- the signed URI behind proxies -----------------------------------------------------------
@@ -407,6 +411,25 @@ def test_raw_path_is_signed_as_received_not_decoded(client: TestClient) -> None:
 
     assert as_sent.status_code == 200
     assert decoded.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "path", ["/webhooks/hubspot/", "/webhooks/hubpsot", "/webhooks/", "/webhooks"]
+)
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_a_wrong_path_under_webhooks_is_a_404_naming_the_real_one(
+    client: TestClient, engine: sa.Engine, path: str, method: str
+) -> None:
+    # Never a redirect to the right path: HubSpot signed the URL it was given, not ours.
+    body = json.dumps([numbered_event(1)]).encode()
+    headers = v3_headers(body, uri=f"http://testserver{path}")
+
+    response = client.request(method, path, content=body, headers=headers, follow_redirects=False)
+
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert WEBHOOK_PATH in response.json()["reason"]
+    assert rows(engine) == []
 
 
 # --- storage failures ------------------------------------------------------------------------

@@ -168,3 +168,67 @@ def test_without_a_wakeup_the_loop_waits_out_its_interval(engine: sa.Engine) -> 
 
     with running(step, wakeup=None, idle_seconds=0.05):
         assert wait_for(lambda: len(steps) >= 3)
+
+
+def missing_table_step(engine: sa.Engine, calls: list[int], *, failures: int) -> Callable[[], int]:
+    """A step that reads a table which does not exist (an unmigrated database) `failures`
+    times, then finds nothing to do."""
+
+    def step() -> int:
+        calls.append(1)
+        if len(calls) <= failures:
+            with engine.connect() as connection:
+                connection.execute(sa.text("SELECT 1 FROM inbox_events_not_migrated"))
+        return 0
+
+    return step
+
+
+def test_an_unmigrated_schema_is_said_once_and_the_loop_waits_for_the_migration(
+    engine: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+    step = missing_table_step(engine, calls, failures=5)
+
+    with running(step, wakeup=None, idle_seconds=0.02, error_seconds=0.02):
+        assert wait_for(lambda: len(calls) >= 8)
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("schema_not_migrated") == 1
+    assert "loop_error" not in messages
+    (said,) = [r for r in caplog.records if r.getMessage() == "schema_not_migrated"]
+    assert getattr(said, "hint", None) == "schema not migrated: run `hubspot-webhooks migrate`"
+
+
+def test_several_loops_on_an_unmigrated_schema_say_it_once_between_them(
+    engine: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    first: list[int] = []
+    second: list[int] = []
+
+    with (
+        running(missing_table_step(engine, first, failures=1000), wakeup=None, error_seconds=0.02),
+        running(missing_table_step(engine, second, failures=1000), wakeup=None, error_seconds=0.02),
+    ):
+        assert wait_for(lambda: len(first) >= 5 and len(second) >= 5)
+
+    assert [r.getMessage() for r in caplog.records].count("schema_not_migrated") == 1
+
+
+def test_other_programming_errors_are_still_logged_each_time(
+    engine: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+
+    def step() -> int:
+        calls.append(1)
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELEC 1"))  # a syntax error, not a missing table
+        return 0
+
+    with running(step, wakeup=None, error_seconds=0.02):
+        assert wait_for(lambda: len(calls) >= 3)
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert "schema_not_migrated" not in messages
+    assert messages.count("loop_error") >= 2

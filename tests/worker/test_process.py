@@ -8,6 +8,7 @@ Postgres and the mirror is compared with an uninterrupted in-process run of the 
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -22,10 +23,13 @@ from typing import IO, Any
 import pytest
 import sqlalchemy as sa
 
-from service.rules.registry import Registry
+from service.events import Event
+from service.rules.registry import Registry, registry
+from service.settings import Settings
 from service.worker.apply import Worker
+from service.worker.process import load_rules
 from tests.factories import assoc, change, hs
-from tests.support import dump, empty_tables, store_events
+from tests.support import EXAMPLE_RULES, dump, empty_tables, store_events
 
 Raw = dict[str, Any]
 
@@ -256,3 +260,60 @@ def test_sigterm_finishes_the_current_batch_and_exits_0(
     mirror = {k: v for k, v in dump(engine).items() if k != "inbox_events"}
     reference = apply_in_process(clean_db, engine, done_events)
     assert mirror == {k: v for k, v in reference.items() if k != "inbox_events"}
+
+
+def test_loading_rules_says_how_many_came_from_the_file_and_from_code(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    @registry.rule(
+        "code-rule",
+        when={"object": "contacts", "kind": "creation"},
+        do=[{"action": "log", "message": "created"}, {"action": "log", "message": "again"}],
+    )
+    def always(event: Event) -> bool:
+        return True
+
+    settings = Settings.from_env({"RULES_FILE": str(EXAMPLE_RULES), "DATA_DIR": str(tmp_path)})
+    try:
+        with caplog.at_level(logging.INFO, logger="service.worker.process"):
+            engine = load_rules(settings)
+    finally:
+        registry.clear()
+
+    assert engine is not None
+    assert len(engine.rules) == 5
+    (loaded,) = [r for r in caplog.records if r.getMessage() == "rules_loaded"]
+    assert getattr(loaded, "summary", None) == (
+        f"4 rules, 5 actions from {EXAMPLE_RULES}; 1 code rules"
+    )
+    assert (getattr(loaded, "rules", None), getattr(loaded, "code_rules", None)) == (4, 1)
+
+
+def test_without_rules_file_loading_rules_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path)})
+
+    with caplog.at_level(logging.INFO, logger="service.worker.process"):
+        assert load_rules(settings) is None
+
+    (loaded,) = [r for r in caplog.records if r.getMessage() == "rules_loaded"]
+    assert getattr(loaded, "summary", None) == "no RULES_FILE; 0 code rules"
+
+
+def test_a_running_worker_beats_and_removes_its_heartbeat_on_sigterm(
+    engine: sa.Engine, spawn_worker: Callable[[str], WorkerProcess]
+) -> None:
+    def heartbeat_rows() -> list[Any]:
+        with engine.connect() as connection:
+            return list(connection.execute(sa.text("SELECT * FROM worker_heartbeats")))
+
+    worker = spawn_worker("beating")
+    worker.wait_for(lambda: len(heartbeat_rows()) == 1, "heartbeat row")
+
+    [row] = heartbeat_rows()
+    assert row.pid == worker.process.pid
+    assert row.stages == ["apply", "act"], "no API credentials: no hydrate stage"
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(timeout=WAIT_SECONDS) == 0
+    assert heartbeat_rows() == [], "a clean exit deletes its row"
