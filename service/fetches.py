@@ -189,6 +189,7 @@ class Filters:
     status: str | None = None
     portal_id: int | None = None
     object_type: str | None = None
+    object_id: int | None = None
 
     def where(self) -> tuple[str, dict[str, Any]]:
         """A SQL condition and its parameters."""
@@ -197,6 +198,7 @@ class Filters:
                 "status": self.status,
                 "portal_id": self.portal_id,
                 "object_type": self.object_type,
+                "object_id": self.object_id,
             }
         )
 
@@ -209,6 +211,32 @@ def list_requests(connection: sa.Connection, filters: Filters, *, limit: int = 5
             sa.text(
                 f"SELECT * FROM hydration_requests WHERE {where}"
                 " ORDER BY status, next_attempt_at LIMIT :limit"
+            ),
+            {**params, "limit": limit},
+        )
+    )
+
+
+def page_requests(
+    connection: sa.Connection,
+    filters: Filters,
+    *,
+    after: ObjectKey | None = None,
+    limit: int = 50,
+) -> list[Any]:
+    """Matching requests in key order; with `after`, the next page: the requests after that
+    (portal, object type, object id) key (keyset pagination on the primary key)."""
+    where, params = filters.where()
+    if after is not None:
+        where = (
+            f"({where}) AND (portal_id, object_type, object_id) > (:after_p, :after_t, :after_o)"
+        )
+        params = {**params, "after_p": after[0], "after_t": after[1], "after_o": after[2]}
+    return list(
+        connection.execute(
+            sa.text(
+                f"SELECT * FROM hydration_requests WHERE {where}"
+                " ORDER BY portal_id, object_type, object_id LIMIT :limit"
             ),
             {**params, "limit": limit},
         )

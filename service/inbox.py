@@ -334,9 +334,14 @@ class Filters:
         )
 
 
-def list_events(connection: sa.Connection, filters: Filters, *, limit: int = 50) -> list[Any]:
-    """The newest inbox rows matching `filters` (without payloads)."""
+def list_events(
+    connection: sa.Connection, filters: Filters, *, limit: int = 50, before_id: int | None = None
+) -> list[Any]:
+    """The newest inbox rows matching `filters` (without payloads); with `before_id`, the next
+    page: the rows older than that id (keyset pagination, on the primary key's id index)."""
     where, params = filters.where()
+    if before_id is not None:
+        where, params = f"({where}) AND id < :before_id", {**params, "before_id": before_id}
     return list(
         connection.execute(
             sa.text(

@@ -278,3 +278,22 @@ worker_heartbeats = sa.Table(
     sa.Column("last_batch_at", sa.DateTime(timezone=True), comment="its apply stage's last claim"),
     sa.PrimaryKeyConstraint("worker_id"),
 )
+
+ALERT_STATUSES = ("ok", "firing")
+
+# One row per alert condition (service/alerts.py): whether it is firing, since when, when its
+# last message went out and how many have, so several workers send each transition once.
+alert_states = sa.Table(
+    "alert_states",
+    metadata,
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default="ok"),
+    _now_column("since"),
+    sa.Column("last_sent_at", sa.DateTime(timezone=True)),
+    sa.Column("messages", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("value", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("report", JSONB, comment="what a stage last reported (the scheduled reconcile)"),
+    _now_column("updated_at"),
+    sa.PrimaryKeyConstraint("key"),
+    sa.CheckConstraint("status IN ('ok', 'firing')", name="status"),
+)

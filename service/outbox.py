@@ -156,19 +156,29 @@ class RunFilters:
     rule: str | None = None
     portal_id: int | None = None
     since: datetime | None = None
+    inbox_id: int | None = None
 
     def where(self) -> tuple[str, dict[str, Any]]:
         """A SQL condition and its parameters."""
         return db.where(
-            equal={"rule": self.rule, "portal_id": self.portal_id},
+            equal={"rule": self.rule, "portal_id": self.portal_id, "inbox_id": self.inbox_id},
             any_of={"id": self.ids, "status": self.statuses},
             at_least={"created_at": self.since},
         )
 
 
-def list_runs(connection: sa.Connection, filters: RunFilters, *, limit: int = 50) -> list[Any]:
-    """The newest runs matching `filters` (payloads left out: they can hold personal data)."""
+def list_runs(
+    connection: sa.Connection,
+    filters: RunFilters,
+    *,
+    limit: int = 50,
+    before_id: int | None = None,
+) -> list[Any]:
+    """The newest runs matching `filters` (payloads left out: they can hold personal data);
+    with `before_id`, the next page: the runs older than that id (keyset pagination)."""
     where, params = filters.where()
+    if before_id is not None:
+        where, params = f"({where}) AND id < :before_id", {**params, "before_id": before_id}
     return list(
         connection.execute(
             sa.text(

@@ -5,6 +5,7 @@ Every problem stops start-up with one line naming the variable (`SettingsError`,
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import logging
 import os
@@ -119,6 +120,11 @@ class Settings:
     rules_dry_run: bool = False
     action_max_attempts: int = 8
     app_id: str | None = None
+    # Alerts (service/worker/upkeep.py): where they go, and how old a due event may get.
+    alert_slack_webhook_url: str | None = field(default=None, repr=False)  # a credential
+    alert_webhook_url: str | None = field(default=None, repr=False)
+    alert_webhook_secret: str | None = field(default=None, repr=False)
+    alert_lag_seconds: float = 300.0
     # The environment as read, for `env:NAME` references in the rules file (secrets stay there).
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -162,8 +168,20 @@ class Settings:
             rules_dry_run=r.get("RULES_DRY_RUN", _bool) or False,
             action_max_attempts=r.get("ACTION_MAX_ATTEMPTS", _int_range(1, 100)) or 8,
             app_id=r.get("HUBSPOT_APP_ID", _digits),
+            alert_slack_webhook_url=r.get("ALERT_SLACK_WEBHOOK_URL", _http_url),
+            alert_webhook_url=r.get("ALERT_WEBHOOK_URL", _http_url),
+            alert_webhook_secret=_alert_secret(r, env),
+            alert_lag_seconds=r.get("ALERT_LAG", _duration) or 300.0,
             environ=dict(env),
         )
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The admin dashboard's address: WEBHOOK_PUBLIC_URL's origin + /admin (None: unset)."""
+        if self.webhook_public_url is None:
+            return None
+        parts = urlsplit(self.webhook_public_url)
+        return f"{parts.scheme}://{parts.netloc}/admin"
 
     def require_client_secret(self) -> tuple[str, ...]:
         """The client secrets, or SettingsError when none is configured."""
@@ -289,6 +307,29 @@ def _existing_file(value: str) -> Path:
 def _digits(value: str) -> str:
     if not value.isdigit():
         raise ValueError(f"expected the app's numeric id, got {value!r}")
+    return value
+
+
+def _alert_secret(r: _Reader, env: Mapping[str, str]) -> str | None:
+    """ALERT_WEBHOOK_SECRET: one or more whsec_ secrets; required with ALERT_WEBHOOK_URL."""
+    secret = r.get("ALERT_WEBHOOK_SECRET", _whsec)
+    if secret is None and (env.get("ALERT_WEBHOOK_URL") or "").strip():
+        raise SettingsError(
+            "ALERT_WEBHOOK_SECRET is not set: ALERT_WEBHOOK_URL needs a whsec_... secret"
+        )
+    return secret
+
+
+def _whsec(value: str) -> str:
+    """Standard Webhooks secrets, `whsec_<base64>`, several separated by spaces (a rotation)."""
+    for secret in value.split():
+        encoded = secret.removeprefix("whsec_")
+        try:
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except ValueError:
+            key = b""
+        if not secret.startswith("whsec_") or not key:
+            raise ValueError("expected whsec_ followed by base64 (Standard Webhooks)")
     return value
 
 

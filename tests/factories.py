@@ -32,6 +32,7 @@ APP_ID = 54321
 CLIENT_SECRET = "test-client-secret-0123456789"  # HubSpot's signing secret in these tests
 WEBHOOK_URL = "http://testserver/webhooks/hubspot"  # the endpoint as Starlette's TestClient sees it
 METRICS_TOKEN = "test-metrics-token-0123456789"  # METRICS_TOKEN of the web tests that set one
+ADMIN_TOKEN = "test-admin-token-0123456789"  # ADMIN_TOKEN of the admin tests
 
 # --- rules and their targets -----------------------------------------------------------------
 

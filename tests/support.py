@@ -26,10 +26,12 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from service import db, inbox
+from service import db, fetches, inbox, outbox
+from service.events import Event, Kind
 from service.hubspot.client import HubSpotApi
 from service.hubspot.oauth import Tokens
 from service.hubspot.ratelimit import Budget
+from service.rules.registry import Registry
 from service.settings import Settings
 from service.worker.act import ActionRunner
 from service.worker.apply import Worker
@@ -351,3 +353,54 @@ class Harness:
 
 
 MakeHarness = Callable[..., Harness]
+
+
+# --- dead letters, as the admin tree shows them ------------------------------------------------
+
+
+@dataclass
+class Breakable:
+    """A worker whose contact handler fails while `broken` is set: one attempt, then dead."""
+
+    worker: Worker
+    broken: bool = True
+
+
+def breakable_worker(engine: sa.Engine) -> Breakable:
+    """A worker (MAX_ATTEMPTS 1) whose contact creations die until `.broken` is cleared."""
+    registry = Registry()
+    breakable = Breakable(Worker(engine, max_attempts=1, handlers=registry))
+
+    @registry.on("contacts", Kind.CREATION)
+    def created(event: Event, session: Any) -> None:
+        if breakable.broken:
+            raise RuntimeError("CRM sync for this contact is switched off")
+
+    return breakable
+
+
+def dead_run_and_fetch(engine: sa.Engine, inbox_id: int) -> None:
+    """A dead action run (of `inbox_id`, rule `won`) and a dead fetch (contacts 501), through
+    their owners, as the act and hydrate stages leave them."""
+    with engine.begin() as connection:
+        outbox.enqueue(
+            connection,
+            [
+                {
+                    "portal_id": PORTAL,
+                    "inbox_id": inbox_id,
+                    "rule": "won",
+                    "action_index": 0,
+                    "action": "webhook",
+                    "object_type": "contacts",
+                    "object_id": 501,
+                    "payload": {"email": "ada@example.com"},
+                }
+            ],
+        )
+        [run] = outbox.claim(connection)
+        outbox.fail(connection, run.id, "HTTP 410 from the target", max_attempts=3, permanent=True)
+        fetches.request(connection, [fetches.Wanted((PORTAL, "contacts", 501), "created")])
+        claimed = fetches.claim(connection)
+        assert claimed is not None
+        fetches.fail(connection, claimed, "HubSpot answered 403", max_attempts=1)

@@ -93,6 +93,11 @@ def test_values_are_parsed() -> None:
         ("METRICS_TOKEN", "has a space in the middle"),
         ("RULES_FILE", "/no/such/rules.toml"),
         ("HUBSPOT_CLIENT_SECRET", " , "),
+        ("ALERT_SLACK_WEBHOOK_URL", "hooks.slack.com/services/x"),
+        ("ALERT_WEBHOOK_URL", "example.com/alerts"),
+        ("ALERT_WEBHOOK_SECRET", "not-a-whsec"),
+        ("ALERT_WEBHOOK_SECRET", "whsec_!!!"),
+        ("ALERT_LAG", "soon"),
     ],
 )
 def test_malformed_variable_is_named_in_one_line(name: str, value: str) -> None:
@@ -126,3 +131,33 @@ def test_metrics_token_is_read_and_kept_out_of_the_repr() -> None:
     assert settings.metrics_token == token
     assert token not in repr(settings)
     assert Settings.from_env({}).metrics_token is None
+
+
+def test_alert_settings_are_read_with_a_lag_in_seconds_or_units() -> None:
+    secret = "whsec_" + "c2VjcmV0LWtleS1vZi10aGlydHktdHdvLWJ5dGVzIQ=="
+    settings = Settings.from_env(
+        {
+            "ALERT_SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T/B/X",
+            "ALERT_WEBHOOK_URL": "https://ops.example/alerts",
+            "ALERT_WEBHOOK_SECRET": secret,
+            "ALERT_LAG": "30m",
+            "WEBHOOK_PUBLIC_URL": "https://hooks.example:8443/webhooks/hubspot",
+        }
+    )
+
+    assert settings.alert_slack_webhook_url == "https://hooks.slack.com/services/T/B/X"
+    assert settings.alert_webhook_url == "https://ops.example/alerts"
+    assert settings.alert_webhook_secret == secret
+    assert settings.alert_lag_seconds == 1800
+    assert settings.dashboard_url == "https://hooks.example:8443/admin"
+    assert secret not in repr(settings)
+    assert "hooks.slack.com" not in repr(settings)
+    assert Settings.from_env({"ALERT_LAG": "90"}).alert_lag_seconds == 90
+    defaults = Settings.from_env({})
+    assert defaults.alert_lag_seconds == 300
+    assert defaults.dashboard_url is None
+
+
+def test_an_alert_webhook_without_its_secret_is_named_in_one_line() -> None:
+    with pytest.raises(SettingsError, match=r"^ALERT_WEBHOOK_SECRET is not set: [^\n]*$"):
+        Settings.from_env({"ALERT_WEBHOOK_URL": "https://ops.example/alerts"})

@@ -5,7 +5,7 @@ secrets, trusted proxies, the migration head) kept in `app.state.config`; the as
 pool the webhook stores through and /readyz checks, opened without waiting so the process comes
 up before Postgres does; the inbox notifier that wakes the worker; the small synchronous engine
 for OAuth installs and /readyz details; and the route table. The routes themselves live in
-webhook.py, health.py and oauth.py.
+webhook.py, health.py, oauth.py, metrics.py and admin/.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from service import db, inbox
 from service.settings import WEBHOOK_PATH, Settings
+from service.web import admin
 from service.web.gauges import DatabaseCollector
 from service.web.health import healthz, readyz
 from service.web.metrics import WebhookMetrics, metrics
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             Route("/oauth/install", oauth_install, methods=["GET"]),
             Route("/oauth/callback", oauth_callback, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *admin.mount(),
         ],
         lifespan=lifespan,
     )

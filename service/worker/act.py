@@ -20,6 +20,7 @@ from service import actions, outbox
 from service.hubspot.client import HubSpotApi
 from service.rules.language import Rule
 from service.settings import Settings
+from service.worker import alert_messages
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class ActionRunner:
             self._http.close()
 
     def _options(self, run: outbox.Run) -> Mapping[str, Any] | None:
+        if alert_messages.is_alert_run(run.portal_id, run.rule):
+            return alert_messages.options(self.settings, run.action_index)
         for rule in self.rules:
             if rule.name == run.rule and run.action_index < len(rule.actions):
                 return rule.actions[run.action_index].options
@@ -71,7 +74,9 @@ class ActionRunner:
         outcome: actions.Outcome | None = None
         if options is None and run.payload.get("action") != "log":
             error, permanent = (
-                f"rule {run.rule!r} (action {run.action_index}) no longer exists",
+                f"rule {run.rule!r} (action {run.action_index}) no longer exists"
+                if not alert_messages.is_alert_run(run.portal_id, run.rule)
+                else f"{run.rule}: its target ({run.action}) is no longer configured",
                 True,
             )
         else:

@@ -1,7 +1,8 @@
 """One worker process: the apply loop in the main thread, the other stages in threads beside it.
 
 `run` is `hubspot-webhooks worker`: apply (stage 2) in the calling thread; act (4), hydrate (3)
-and, when configured, the scheduled reconcile and pipeline-label refresh (5) in daemon threads.
+and, when configured, the scheduled reconcile, pipeline-label refresh and alerts (5) in daemon
+threads.
 SIGTERM or SIGINT sets one stop event: the current batch finishes, every loop ends, exit 0.
 `in_background` is the same set of stages inside `dev`, beside the web server.
 """
@@ -21,7 +22,7 @@ from service import db, outbox
 from service.hubspot import client
 from service.hubspot.hydration import Hydrator
 from service.hubspot.pipelines import refresh_stale
-from service.hubspot.reconcile import known_portals, reconcile_all
+from service.hubspot.reconcile import known_portals
 from service.rules.engine import RuleEngine, load_engine
 from service.rules.registry import load_modules, registry
 from service.settings import Settings, SettingsError
@@ -29,6 +30,7 @@ from service.worker.act import ActionRunner
 from service.worker.apply import Worker
 from service.worker.heartbeat import Heartbeat
 from service.worker.loop import Wakeup, run_loop
+from service.worker.upkeep import EVALUATE_SECONDS, Alerts, run_reconcile
 
 log = logging.getLogger(__name__)
 
@@ -220,14 +222,7 @@ def _stages(
         if interval is not None:
 
             def scheduled_reconcile() -> int:
-                reconcile_all(
-                    engine,
-                    api,
-                    portals=known_portals(engine),
-                    lookback_seconds=settings.reconcile_lookback_seconds,
-                    configured_properties=settings.mirror_properties,
-                )
-                return 0  # then wait for the next interval
+                return run_reconcile(engine, api, settings)  # then wait for the next interval
 
             start("reconcile", scheduled_reconcile, interval, None)
         if rules is not None and rules.uses_stage_labels:
@@ -238,6 +233,8 @@ def _stages(
 
             start("pipelines", stage_labels, PIPELINES_REFRESH_SECONDS, None)
         start("hydrate", hydrator.run_once, settings.worker_poll_seconds, None)
+    if settings.alert_slack_webhook_url or settings.alert_webhook_url:
+        start("alerts", Alerts(engine, settings).step, EVALUATE_SECONDS, None)
     for thread in threads:
         thread.start()
     try:

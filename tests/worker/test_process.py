@@ -144,8 +144,9 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def spawn_worker(clean_db: str, tmp_path: Path) -> Iterator[Callable[[str], WorkerProcess]]:
-    """Start worker subprocesses on the clean database; any still running at the end is killed."""
+def spawn_worker(clean_db: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start worker subprocesses on the clean database (keyword arguments: more environment);
+    any still running at the end is killed."""
     started: list[WorkerProcess] = []
     env = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
     env.update(
@@ -156,12 +157,12 @@ def spawn_worker(clean_db: str, tmp_path: Path) -> Iterator[Callable[[str], Work
         LOG_LEVEL="INFO",
     )
 
-    def spawn(name: str) -> WorkerProcess:
+    def spawn(name: str, **extra: str) -> WorkerProcess:
         log = tmp_path / f"{name}.log"
         log_file = log.open("wb")
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "worker"],
-            env=env,
+            env={**env, **extra},
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
@@ -317,3 +318,18 @@ def test_a_running_worker_beats_and_removes_its_heartbeat_on_sigterm(
     worker.process.send_signal(signal.SIGTERM)
     assert worker.process.wait(timeout=WAIT_SECONDS) == 0
     assert heartbeat_rows() == [], "a clean exit deletes its row"
+
+
+def test_a_worker_with_an_alert_target_runs_the_alert_loop(
+    engine: sa.Engine, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    def stages() -> list[list[str]]:
+        with engine.connect() as connection:
+            return list(connection.scalars(sa.text("SELECT stages FROM worker_heartbeats")))
+
+    worker = spawn_worker("alerting", ALERT_SLACK_WEBHOOK_URL="http://127.0.0.1:9/alerts")
+    worker.wait_for(lambda: len(stages()) == 1, "heartbeat row")
+
+    assert stages() == [["apply", "act", "alerts"]]
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(timeout=WAIT_SECONDS) == 0

@@ -1,0 +1,145 @@
+"""Alert state: every statement on alert_states lives here.
+
+One row per alert condition (`dead_letters`, `lag`, ...): whether it is `firing` or `ok`, since
+when, when its last message went out, how many messages it has had (the number of the next one
+names it in the outbox), the value last evaluated, and what a stage last reported (the scheduled
+reconcile writes its outcome here for the alert loop to read).
+
+Several workers evaluate the same conditions. Each evaluation locks the condition's row with
+`FOR UPDATE SKIP LOCKED` (a row another worker is evaluating is simply skipped this round),
+reads the facts, and settles: a change of status or a reminder due is claimed by the UPDATE in
+that same short transaction, together with the messages the caller enqueues, so a transition is
+sent once however many workers saw it. Times are the database's (`now()`), never a process's.
+Functions take a connection and never commit: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+# While a condition keeps firing, a reminder goes out at most this often.
+REMIND_SECONDS = 3600.0
+
+Kind = Literal["firing", "resolved", "reminder"]
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """A condition's row as locked for one evaluation."""
+
+    key: str
+    status: str  # ok | firing
+    since: datetime
+    last_sent_at: datetime | None
+    messages: int
+    value: dict[str, Any]
+    report: dict[str, Any] | None
+    remind_due: bool  # firing, and the last message is older than REMIND_SECONDS
+    now: datetime  # the database's clock, for conditions that compare times
+
+    @property
+    def firing(self) -> bool:
+        """Whether the condition was firing before this evaluation."""
+        return self.status == "firing"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message to send: the condition, what happened, and its number (unique per key)."""
+
+    key: str
+    kind: Kind
+    number: int
+    since: datetime  # when the condition started firing (or resolved)
+    value: dict[str, Any]
+
+
+_ENSURE = sa.text("INSERT INTO alert_states (key) VALUES (:key) ON CONFLICT (key) DO NOTHING")
+_LOCK = sa.text(
+    """
+    SELECT key, status, since, last_sent_at, messages, value, report,
+           status = 'firing' AND (last_sent_at IS NULL
+               OR last_sent_at <= now() - make_interval(secs => :remind)) AS remind_due,
+           now() AS now
+    FROM alert_states WHERE key = :key
+    FOR UPDATE SKIP LOCKED
+    """
+)
+
+
+def lock(connection: sa.Connection, key: str) -> State | None:
+    """Lock the condition's row (created on first use); None when another worker holds it."""
+    connection.execute(_ENSURE, {"key": key})
+    row = connection.execute(_LOCK, {"key": key, "remind": REMIND_SECONDS}).first()
+    return None if row is None else State(**row._mapping)
+
+
+_SETTLE = sa.text(
+    """
+    UPDATE alert_states
+    SET status = :status,
+        since = CASE WHEN :changed THEN now() ELSE since END,
+        last_sent_at = CASE WHEN :send THEN now() ELSE last_sent_at END,
+        messages = messages + CASE WHEN :send THEN 1 ELSE 0 END,
+        value = CAST(:value AS jsonb),
+        updated_at = now()
+    WHERE key = :key AND status = :was
+    RETURNING since, messages
+    """
+)
+
+
+def settle(
+    connection: sa.Connection, state: State, *, firing: bool, value: dict[str, Any]
+) -> Message | None:
+    """Record this evaluation; the message to send when it started, resolved or needs a
+    reminder, else None. `state` must be locked by this transaction (`lock`)."""
+    kind: Kind | None = None
+    if firing and not state.firing:
+        kind = "firing"
+    elif state.firing and not firing:
+        kind = "resolved"
+    elif firing and state.remind_due:
+        kind = "reminder"
+    row = connection.execute(
+        _SETTLE,
+        {
+            "key": state.key,
+            "was": state.status,
+            "status": "firing" if firing else "ok",
+            "changed": firing != state.firing,
+            "send": kind is not None,
+            "value": json.dumps(value, default=str),
+        },
+    ).first()
+    if row is None or kind is None:  # `was` no longer holds: someone else settled it
+        return None
+    return Message(state.key, kind, int(row.messages), row.since, value)
+
+
+def report(connection: sa.Connection, key: str, outcome: dict[str, Any]) -> None:
+    """A stage's latest outcome for the condition `key` (the alert loop reads it)."""
+    connection.execute(
+        sa.text(
+            "INSERT INTO alert_states (key, report) VALUES (:key, CAST(:report AS jsonb))"
+            " ON CONFLICT (key) DO UPDATE SET report = excluded.report"
+        ),
+        {"key": key, "report": json.dumps(outcome, default=str)},
+    )
+
+
+def list_states(connection: sa.Connection) -> list[Any]:
+    """Every condition's row, by key (for the dashboard and doctor)."""
+    return list(
+        connection.execute(
+            sa.text(
+                "SELECT key, status, since, last_sent_at, messages, value, updated_at"
+                " FROM alert_states ORDER BY key"
+            )
+        )
+    )

@@ -1,0 +1,201 @@
+"""Alerts (stage 5 upkeep): evaluate the alert conditions and enqueue a message on each change.
+
+Every worker process runs this loop (`Alerts.step`, every `EVALUATE_SECONDS`); for each condition
+it locks the condition's row in alert_states, reads the facts, settles the row and enqueues the
+messages of a change, all in one short transaction, so several workers send each transition
+once (service/alerts.py). Delivery is the act stage's: see service/worker/alert_messages.py.
+
+The conditions, each read from Postgres:
+
+- `dead_letters`: dead inbox events, action runs (alert runs aside: a dead alert must not alert
+  about itself) or hydration requests; resolved when none is left.
+- `lag`: the oldest due inbox event is older than ALERT_LAG.
+- `no_worker`: no row of worker_heartbeats seen within `NO_WORKER_SECONDS`. The check reads the
+  rows only, never "am I running": a worker's own heartbeat counts only once it is written, so a
+  worker whose heartbeat is failing sees the fleet as dead. A fleet that is entirely down runs no
+  loop to send it; that case is the `workers_live` gauge on /metrics and `doctor`'s worker check.
+- `reinstall`: a portal's OAuth tokens stopped working.
+- `rate_limited`: hubspot_api_calls counted at least `RATE_LIMIT_429S` answers 429 within
+  `RATE_LIMIT_WINDOW`; resolved after a whole window without one. The counters only grow, so
+  the condition keeps samples of their total (database time, total) in its row and compares.
+- `reconcile`: the last scheduled reconcile failed (`run_reconcile` reports each outcome).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from service import alerts, heartbeats, outbox
+from service.hubspot.client import HubSpotApi
+from service.hubspot.reconcile import known_portals, reconcile_all
+from service.settings import Settings
+from service.worker import alert_messages
+
+log = logging.getLogger(__name__)
+
+EVALUATE_SECONDS = 30.0
+NO_WORKER_SECONDS = 120.0
+RATE_LIMIT_429S = 10
+RATE_LIMIT_WINDOW = 300.0
+
+Check = Callable[[sa.Connection, alerts.State, Settings], tuple[bool, dict[str, Any]]]
+
+_DEAD = sa.text(
+    f"""
+    SELECT (SELECT count(*) FROM inbox_events WHERE status = 'dead') AS inbox,
+           (SELECT count(*) FROM action_runs WHERE status = 'dead'
+              AND NOT (portal_id = {alert_messages.PORTAL}
+                       AND rule LIKE '{alert_messages.RULE_PREFIX}%')) AS actions,
+           (SELECT count(*) FROM hydration_requests WHERE status = 'dead') AS hydration
+    """
+)
+_OLDEST_DUE = sa.text(
+    """
+    SELECT coalesce(extract(epoch FROM now() - min(next_attempt_at)), 0)
+    FROM inbox_events
+    WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
+    """
+)
+
+
+def dead_letters(
+    connection: sa.Connection, state: alerts.State, settings: Settings
+) -> tuple[bool, dict[str, Any]]:
+    """Dead rows of any queue are waiting for an operator."""
+    counts = {k: int(v) for k, v in connection.execute(_DEAD).one()._mapping.items()}
+    return sum(counts.values()) > 0, counts
+
+
+def lag(
+    connection: sa.Connection, state: alerts.State, settings: Settings
+) -> tuple[bool, dict[str, Any]]:
+    """The oldest due event has waited longer than ALERT_LAG."""
+    oldest = float(connection.execute(_OLDEST_DUE).scalar_one())
+    value = {"oldest_due_seconds": round(oldest), "threshold_seconds": settings.alert_lag_seconds}
+    return oldest > settings.alert_lag_seconds, value
+
+
+def no_worker(
+    connection: sa.Connection, state: alerts.State, settings: Settings
+) -> tuple[bool, dict[str, Any]]:
+    """No worker heartbeat within NO_WORKER_SECONDS."""
+    live = heartbeats.live_workers(connection, NO_WORKER_SECONDS)
+    return not live, {"live": len(live), "within_seconds": NO_WORKER_SECONDS}
+
+
+def reinstall(
+    connection: sa.Connection, state: alerts.State, settings: Settings
+) -> tuple[bool, dict[str, Any]]:
+    """Portals whose OAuth tokens stopped working."""
+    portals = list(
+        connection.scalars(
+            sa.text("SELECT portal_id FROM hubspot_tokens WHERE needs_reinstall ORDER BY 1")
+        )
+    )
+    return bool(portals), {"portals": portals}
+
+
+def rate_limited(
+    connection: sa.Connection, state: alerts.State, settings: Settings
+) -> tuple[bool, dict[str, Any]]:
+    """HubSpot answered 429 at least RATE_LIMIT_429S times within RATE_LIMIT_WINDOW."""
+    total = int(
+        connection.execute(
+            sa.text("SELECT coalesce(sum(calls), 0) FROM hubspot_api_calls WHERE outcome = '429'")
+        ).scalar_one()
+    )
+    now = state.now.timestamp()
+    samples = [
+        (float(at), int(seen))
+        for at, seen in state.value.get("samples", [])
+        if float(at) > now - RATE_LIMIT_WINDOW and int(seen) <= total  # older, or a reset
+    ]
+    increase = total - min((seen for _, seen in samples), default=total)
+    samples.append((now, total))
+    firing = increase > 0 if state.firing else increase >= RATE_LIMIT_429S
+    value = {"increase": increase, "window_seconds": RATE_LIMIT_WINDOW, "samples": samples}
+    return firing, value
+
+
+def reconcile(
+    connection: sa.Connection, state: alerts.State, settings: Settings
+) -> tuple[bool, dict[str, Any]]:
+    """The last scheduled reconcile failed."""
+    report = state.report or {}
+    return report.get("outcome") == "failed", {"report": report}
+
+
+CONDITIONS: dict[str, Check] = {
+    "dead_letters": dead_letters,
+    "lag": lag,
+    "no_worker": no_worker,
+    "reinstall": reinstall,
+    "rate_limited": rate_limited,
+    "reconcile": reconcile,
+}
+
+
+@dataclass
+class Alerts:
+    """The alert loop of one worker process."""
+
+    engine: sa.Engine
+    settings: Settings
+    conditions: Sequence[str] = tuple(CONDITIONS)
+    _steps: int = field(default=0, init=False)
+
+    def step(self) -> int:
+        """One round (the first is skipped, so this process's first heartbeat is written);
+        returns 0: the loop waits EVALUATE_SECONDS."""
+        self._steps += 1
+        if self._steps > 1:
+            self.evaluate()
+        return 0
+
+    def evaluate(self) -> list[alerts.Message]:
+        """Evaluate every condition once; the messages this process enqueued."""
+        sent: list[alerts.Message] = []
+        for key in self.conditions:
+            with self.engine.begin() as connection:
+                state = alerts.lock(connection, key)
+                if state is None:  # another worker is evaluating it right now
+                    continue
+                firing, value = CONDITIONS[key](connection, state, self.settings)
+                message = alerts.settle(connection, state, firing=firing, value=value)
+                if message is not None:
+                    outbox.enqueue(connection, alert_messages.runs(message, self.settings))
+                    sent.append(message)
+            if message is not None:
+                log.warning("alert_" + message.kind, extra={"alert": key, "number": message.number})
+        return sent
+
+
+def run_reconcile(engine: sa.Engine, api: HubSpotApi, settings: Settings) -> int:
+    """The scheduled reconcile, its outcome reported for the `reconcile` alert; returns 0.
+
+    A failure is reported by its type only (HubSpot's messages can quote values) and raised
+    again, so the stage loop logs it and waits for the next interval.
+    """
+    try:
+        done = reconcile_all(
+            engine,
+            api,
+            portals=known_portals(engine),
+            lookback_seconds=settings.reconcile_lookback_seconds,
+            configured_properties=settings.mirror_properties,
+        )
+    except Exception as exc:
+        with engine.begin() as connection:
+            alerts.report(
+                connection, "reconcile", {"outcome": "failed", "error": type(exc).__name__}
+            )
+        raise
+    if done is not None:  # None: another worker ran it this time
+        with engine.begin() as connection:
+            alerts.report(connection, "reconcile", {"outcome": "ok"})
+    return 0
