@@ -204,6 +204,24 @@ def database_url_for(configured: str | None, data_dir: Path) -> Iterator[str]:
         embedded.stop()
 
 
+@contextmanager
+def one_off_engine(
+    configured: str | None, data_dir: Path, *, pool_size: int = 1
+) -> Iterator[Engine]:
+    """An engine for a one-off command: on `configured`, else on the embedded server in
+    `data_dir` (started if needed). Missing tables become a DatabaseError saying to migrate."""
+    with database_url_for(configured, data_dir) as url:
+        engine = create_engine(url, pool_size=pool_size)
+        try:
+            yield engine
+        except sa.exc.ProgrammingError as exc:
+            if not is_unmigrated(exc):
+                raise
+            raise DatabaseError(NOT_MIGRATED) from None
+        finally:
+            engine.dispose()
+
+
 def _alembic_config(connection: sa.Connection | None = None) -> Any:
     from alembic.config import Config
 

@@ -50,16 +50,8 @@ def operator_database(settings: Settings) -> Iterator[sa.Engine]:
 
     Missing tables become a DatabaseError saying to run `migrate`, not a traceback.
     """
-    with db.database_url_for(settings.database_url, settings.data_dir) as url:
-        engine = db.create_engine(url, pool_size=1)
-        try:
-            yield engine
-        except sa.exc.ProgrammingError as exc:
-            if not db.is_unmigrated(exc):
-                raise
-            raise db.DatabaseError(db.NOT_MIGRATED) from None
-        finally:
-            engine.dispose()
+    with db.one_off_engine(settings.database_url, settings.data_dir) as engine:
+        yield engine
 
 
 def events(

@@ -99,16 +99,8 @@ def drain(settings: Settings) -> Drained:
     runs when DATABASE_URL is unset; missing tables are a DatabaseError saying to migrate.
     """
     rules = load_rules(settings)
-    with db.database_url_for(settings.database_url, settings.data_dir) as url:
-        engine = db.create_engine(url, pool_size=2)
-        try:
-            return _drain(settings, engine, rules)
-        except sa.exc.ProgrammingError as exc:
-            if not db.is_unmigrated(exc):
-                raise
-            raise db.DatabaseError(db.NOT_MIGRATED) from None
-        finally:
-            engine.dispose()
+    with db.one_off_engine(settings.database_url, settings.data_dir, pool_size=2) as engine:
+        return _drain(settings, engine, rules)
 
 
 def _drain(settings: Settings, engine: sa.Engine, rules: RuleEngine | None) -> Drained:
