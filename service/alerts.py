@@ -10,6 +10,11 @@ Several workers evaluate the same conditions. Each evaluation locks the conditio
 reads the facts, and settles: a change of status or a reminder due is claimed by the UPDATE in
 that same short transaction, together with the messages the caller enqueues, so a transition is
 sent once however many workers saw it. Times are the database's (`now()`), never a process's.
+
+A condition delivered directly (`no_worker`, which must go out when no worker runs the outbox)
+keeps its undelivered messages in the row's `pending` list: `hold` adds them in the transaction
+that claims the change, `lease` hands them to one sender for a while (no transaction is open
+while it sends), and `delivered` removes what went out and ends the lease.
 Functions take a connection and never commit: the caller owns the transaction.
 """
 
@@ -120,6 +125,48 @@ def settle(
     if row is None or kind is None:  # `was` no longer holds: someone else settled it
         return None
     return Message(state.key, kind, int(row.messages), row.since, value)
+
+
+def hold(connection: sa.Connection, key: str, entries: list[dict[str, Any]]) -> None:
+    """Add messages to send directly to the condition's `pending` list (not yet delivered)."""
+    connection.execute(
+        sa.text(
+            "UPDATE alert_states SET pending = pending || CAST(:entries AS jsonb) WHERE key = :key"
+        ),
+        {"key": key, "entries": json.dumps(entries, default=str)},
+    )
+
+
+def lease(connection: sa.Connection, key: str, seconds: float) -> list[dict[str, Any]]:
+    """The condition's pending messages, leased to the caller for `seconds` (commit before
+    sending); [] when there are none or another sender holds the lease."""
+    row = connection.execute(
+        sa.text(
+            "UPDATE alert_states SET pending_until = now() + make_interval(secs => :seconds)"
+            " WHERE key = :key AND pending <> '[]'::jsonb"
+            " AND (pending_until IS NULL OR pending_until <= now())"
+            " RETURNING pending"
+        ),
+        {"key": key, "seconds": seconds},
+    ).first()
+    return [] if row is None else list(row.pending)
+
+
+def delivered(connection: sa.Connection, key: str, done: list[dict[str, Any]]) -> None:
+    """Remove the messages in `done` (delivered, or never deliverable) and end the lease."""
+    row = connection.execute(
+        sa.text("SELECT pending FROM alert_states WHERE key = :key FOR UPDATE"), {"key": key}
+    ).first()
+    if row is None:
+        return
+    left = [entry for entry in row.pending if entry not in done]
+    connection.execute(
+        sa.text(
+            "UPDATE alert_states SET pending = CAST(:left AS jsonb), pending_until = NULL"
+            " WHERE key = :key"
+        ),
+        {"key": key, "left": json.dumps(left, default=str)},
+    )
 
 
 def report(connection: sa.Connection, key: str, outcome: dict[str, Any]) -> None:

@@ -294,6 +294,14 @@ alert_states = sa.Table(
     sa.Column("value", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.Column("report", JSONB, comment="what a stage last reported (the scheduled reconcile)"),
     _now_column("updated_at"),
+    sa.Column(
+        "pending",
+        JSONB,
+        nullable=False,
+        server_default=sa.text("'[]'::jsonb"),
+        comment="messages sent directly (no_worker) and not yet delivered",
+    ),
+    sa.Column("pending_until", sa.DateTime(timezone=True), comment="a delivery's lease"),
     sa.PrimaryKeyConstraint("key"),
     sa.CheckConstraint("status IN ('ok', 'firing')", name="status"),
 )

@@ -4,7 +4,9 @@ It owns the app's assembly: the configuration computed once at start-up (setting
 secrets, trusted proxies, the migration head) kept in `app.state.config`; the async connection
 pool the webhook stores through and /readyz checks, opened without waiting so the process comes
 up before Postgres does; the inbox notifier that wakes the worker; the small synchronous engine
-for OAuth installs and /readyz details; and the route table. The routes themselves live in
+for OAuth installs and /readyz details; the `no_worker` alert's watch thread (when an alert
+target is set: it must go out when every worker is down, see service/alerting/direct.py); and
+the route table. The routes themselves live in
 webhook.py, health.py, oauth.py, metrics.py and admin/.
 """
 
@@ -19,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from service import db, inbox
+from service.alerting import direct
 from service.settings import WEBHOOK_PATH, Settings
 from service.web import admin
 from service.web.gauges import DatabaseCollector
@@ -40,8 +43,14 @@ class Config:
     head: str
 
 
-def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> Starlette:
-    """Build the ASGI app. `database_url` overrides settings (the embedded server's URL)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    database_url: str | None = None,
+    alert_seconds: float = direct.WATCH_SECONDS,
+) -> Starlette:
+    """Build the ASGI app. `database_url` overrides settings (the embedded server's URL);
+    `alert_seconds` is how often the `no_worker` alert is evaluated (tests shorten it)."""
     settings = Settings.from_env() if settings is None else settings
     url = database_url or settings.database_url
     if url is None:
@@ -68,9 +77,17 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         app.state.engine = db.create_engine(url, pool_size=1)
         collector = DatabaseCollector(app.state.engine)
         registry.register(collector)
+        # A thread with its own engine: its sends and waits never touch the webhook's pool.
+        watch: direct.Watch | None = None
+        if settings.alert_slack_webhook_url or settings.alert_webhook_url:
+            watch = direct.Watch(db.create_engine(url, pool_size=1), settings, alert_seconds)
+            watch.start()
         try:
             yield
         finally:
+            if watch is not None:
+                watch.stop()
+                watch.engine.dispose()
             registry.unregister(collector)
             await notifier.stop()
             await pool.close()

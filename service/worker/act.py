@@ -17,10 +17,10 @@ import httpx
 import sqlalchemy as sa
 
 from service import actions, outbox
+from service.alerting import messages as alert_messages
 from service.hubspot.client import HubSpotApi
 from service.rules.language import Rule
 from service.settings import Settings
-from service.worker import alert_messages
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,8 @@
 Every worker process runs this loop (`Alerts.step`, every `EVALUATE_SECONDS`); for each condition
 it locks the condition's row in alert_states, reads the facts, settles the row and enqueues the
 messages of a change, all in one short transaction, so several workers send each transition
-once (service/alerts.py). Delivery is the act stage's: see service/worker/alert_messages.py.
+once (service/alerts.py). Delivery is the act stage's (service/alerting/messages.py), except for
+`no_worker`, which is claimed the same way but delivered directly (service/alerting/direct.py).
 
 The conditions, each read from Postgres:
 
@@ -12,8 +13,8 @@ The conditions, each read from Postgres:
 - `lag`: the oldest due inbox event is older than ALERT_LAG.
 - `no_worker`: no row of worker_heartbeats seen within `NO_WORKER_SECONDS`. The check reads the
   rows only, never "am I running": a worker's own heartbeat counts only once it is written, so a
-  worker whose heartbeat is failing sees the fleet as dead. A fleet that is entirely down runs no
-  loop to send it; that case is the `workers_live` gauge on /metrics and `doctor`'s worker check.
+  worker whose heartbeat is failing sees the fleet as dead. Web processes evaluate and send it
+  too (service/alerting/direct.py), so a fleet that is entirely down is reported.
 - `reinstall`: a portal's OAuth tokens stopped working.
 - `rate_limited`: hubspot_api_calls counted at least `RATE_LIMIT_429S` answers 429 within
   `RATE_LIMIT_WINDOW`; resolved after a whole window without one. The counters only grow, so
@@ -30,16 +31,17 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from service import alerts, heartbeats, outbox
+from service import alerts, outbox
+from service.alerting import direct
+from service.alerting import messages as alert_messages
 from service.hubspot.client import HubSpotApi
 from service.hubspot.reconcile import known_portals, reconcile_all
 from service.settings import Settings
-from service.worker import alert_messages
 
 log = logging.getLogger(__name__)
 
 EVALUATE_SECONDS = 30.0
-NO_WORKER_SECONDS = 120.0
+NO_WORKER_SECONDS = direct.NO_WORKER_SECONDS
 RATE_LIMIT_429S = 10
 RATE_LIMIT_WINDOW = 300.0
 
@@ -78,14 +80,6 @@ def lag(
     oldest = float(connection.execute(_OLDEST_DUE).scalar_one())
     value = {"oldest_due_seconds": round(oldest), "threshold_seconds": settings.alert_lag_seconds}
     return oldest > settings.alert_lag_seconds, value
-
-
-def no_worker(
-    connection: sa.Connection, state: alerts.State, settings: Settings
-) -> tuple[bool, dict[str, Any]]:
-    """No worker heartbeat within NO_WORKER_SECONDS."""
-    live = heartbeats.live_workers(connection, NO_WORKER_SECONDS)
-    return not live, {"live": len(live), "within_seconds": NO_WORKER_SECONDS}
 
 
 def reinstall(
@@ -133,7 +127,7 @@ def reconcile(
 CONDITIONS: dict[str, Check] = {
     "dead_letters": dead_letters,
     "lag": lag,
-    "no_worker": no_worker,
+    "no_worker": direct.no_worker,
     "reinstall": reinstall,
     "rate_limited": rate_limited,
     "reconcile": reconcile,
@@ -161,6 +155,11 @@ class Alerts:
         """Evaluate every condition once; the messages this process enqueued."""
         sent: list[alerts.Message] = []
         for key in self.conditions:
+            if key == direct.KEY:  # claimed like the others, but delivered directly
+                claimed = direct.evaluate(self.engine, self.settings)
+                sent.extend([claimed] if claimed is not None else [])
+                direct.send_pending(self.engine, self.settings)
+                continue
             with self.engine.begin() as connection:
                 state = alerts.lock(connection, key)
                 if state is None:  # another worker is evaluating it right now

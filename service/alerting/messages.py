@@ -12,8 +12,10 @@ The convention that keeps them apart from runs fired by events:
     object_type   alert, object_id 0
 
 The payload holds the text only: targets and secrets stay in the environment and are resolved
-by the act stage when it sends (`options`). Messages carry counts, ages, portal ids and error
-types, never record values or personal data.
+by the act stage when it sends (`options`). `no_worker` is the exception to the outbox: nothing
+would deliver it when every worker is down, so its messages (the same payloads, from `runs`)
+are held in alert_states and sent directly (service/alerting/direct.py). Messages carry
+counts, ages, portal ids and error types, never record values or personal data.
 """
 
 from __future__ import annotations
