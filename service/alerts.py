@@ -178,15 +178,3 @@ def report(connection: sa.Connection, key: str, outcome: dict[str, Any]) -> None
         ),
         {"key": key, "report": json.dumps(outcome, default=str)},
     )
-
-
-def list_states(connection: sa.Connection) -> list[Any]:
-    """Every condition's row, by key (for the dashboard and doctor)."""
-    return list(
-        connection.execute(
-            sa.text(
-                "SELECT key, status, since, last_sent_at, messages, value, updated_at"
-                " FROM alert_states ORDER BY key"
-            )
-        )
-    )

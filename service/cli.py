@@ -33,8 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.command == "doctor":  # it checks the configuration itself
-        return doctor.main(as_json=args.json, self_test=args.self_test)
+    if args.unconfigured is not None:  # a command that reports a bad configuration itself
+        return int(args.unconfigured(args))
     try:
         settings = Settings.from_env()
         code: int = args.run(args, settings)
@@ -116,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="hubspot-webhooks",
         description="Receive HubSpot webhooks durably, exactly once, and mirror the CRM.",
     )
+    parser.set_defaults(unconfigured=None)  # set by commands that need no valid Settings
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the web server (uses DATABASE_URL)")
@@ -146,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="check configuration, database, HubSpot and workers")
     doc.add_argument("--json", action="store_true", help="print one JSON object")
     doc.add_argument("--self-test", action="store_true", help="POST a signed test event too")
+    doc.set_defaults(unconfigured=lambda a: doctor.main(as_json=a.json, self_test=a.self_test))
 
     rcv = sub.add_parser(
         "receiver", help="a local endpoint for the webhook action: verifies and prints deliveries"

@@ -404,3 +404,19 @@ def dead_run_and_fetch(engine: sa.Engine, inbox_id: int) -> None:
         claimed = fetches.claim(connection)
         assert claimed is not None
         fetches.fail(connection, claimed, "HubSpot answered 403", max_attempts=1)
+
+
+def wait_until_answering(
+    process: subprocess.Popen[str], url: str, *, seconds: float, what: str
+) -> None:
+    """Poll `url` until it answers 200; fail with the process's output if it exits first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None, process.communicate()
+        try:
+            if httpx2.get(url, timeout=1).status_code == 200:
+                return
+        except httpx2.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{what} did not come up"
+        time.sleep(0.2)

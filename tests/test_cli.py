@@ -25,6 +25,7 @@ from tests.support import (
     invalid_rule_lines,
     run_cli,
     store_events,
+    wait_until_answering,
 )
 
 
@@ -107,16 +108,7 @@ def test_dev_runs_on_an_embedded_database_and_stops_it_cleanly(tmp_path: Path) -
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert dev.poll() is None, dev.communicate()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "dev did not become ready"
-            time.sleep(0.2)
+        wait_until_answering(dev, f"http://127.0.0.1:{port}/readyz", seconds=60, what="dev (ready)")
         sent = run_cli("send", "contact.creation", "--save", str(tmp_path / "b.json"), env=env)
         again = run_cli("send", "--file", str(tmp_path / "b.json"), env=env)
         shown = run_cli("events", "--json", env=env)
@@ -352,16 +344,7 @@ def test_serve_says_how_many_rules_it_loaded_too(clean_db: str, tmp_path: Path) 
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert serve.poll() is None, serve.communicate()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "serve did not come up"
-            time.sleep(0.2)
+        wait_until_answering(serve, f"http://127.0.0.1:{port}/healthz", seconds=30, what="serve")
     finally:
         serve.send_signal(signal.SIGTERM)
         _, err = serve.communicate(timeout=60)
