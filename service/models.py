@@ -184,6 +184,20 @@ hubspot_api_calls = sa.Table(
     sa.PrimaryKeyConstraint("portal_id", "endpoint", "outcome"),
 )
 
+# The same calls per minute, so windows ("429s in the last 5 minutes") are one indexed range.
+hubspot_api_call_minutes = sa.Table(
+    "hubspot_api_call_minutes",
+    metadata,
+    sa.Column("portal_id", sa.BigInteger, nullable=False),
+    sa.Column("minute", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("endpoint", sa.Text, nullable=False),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("calls", sa.BigInteger, nullable=False, server_default="0"),
+    sa.PrimaryKeyConstraint("portal_id", "minute", "endpoint", "outcome"),
+    sa.Index("ix_hubspot_api_call_minutes_minute", "minute"),
+    comment="HubSpot API calls per portal, minute, endpoint and outcome (kept a day)",
+)
+
 # Where an incremental reconcile of (portal, object type) got to, so an interrupted run resumes.
 reconcile_checkpoints = sa.Table(
     "reconcile_checkpoints",

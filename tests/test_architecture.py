@@ -29,6 +29,7 @@ OWNERS = {
     "hubspot_tokens": "service/hubspot/oauth.py",
     "rate_limits": "service/hubspot/ratelimit.py",
     "hubspot_api_calls": "service/hubspot/client.py",
+    "hubspot_api_call_minutes": "service/hubspot/client.py",
     "reconcile_checkpoints": "service/hubspot/reconcile.py",
     "pipeline_stages": "service/hubspot/pipelines.py",
     "worker_heartbeats": "service/heartbeats.py",

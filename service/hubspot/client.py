@@ -365,7 +365,12 @@ class HubSpotApi:
         with self.engine.begin() as connection:
             connection.execute(
                 sa.text(
-                    "INSERT INTO hubspot_api_calls (portal_id, endpoint, outcome, calls)"
+                    "WITH minute AS ("
+                    " INSERT INTO hubspot_api_call_minutes (portal_id, minute, endpoint, outcome,"
+                    " calls) VALUES (:p, date_trunc('minute', now()), :e, :o, 1)"
+                    " ON CONFLICT (portal_id, minute, endpoint, outcome)"
+                    " DO UPDATE SET calls = hubspot_api_call_minutes.calls + 1)"
+                    " INSERT INTO hubspot_api_calls (portal_id, endpoint, outcome, calls)"
                     " VALUES (:p, :e, :o, 1) ON CONFLICT (portal_id, endpoint, outcome)"
                     " DO UPDATE SET calls = hubspot_api_calls.calls + 1, last_at = now()"
                 ),
