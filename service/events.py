@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from service.batches import INT64_MAX, json_type
+
 
 class Kind(StrEnum):
     """What happened to the object."""
@@ -77,11 +79,33 @@ _ASSOCIATION_OBJECTS = {
     "CHILD_COMPANY": "companies",
 }
 
+# HubSpot's internal property names: a lowercase letter, then lowercase letters, digits and
+# underscores, at most 100 characters (HubSpot's property editor: "Internal name ... maximum 100
+# characters"; the properties API answers "Names for properties should be lowercase and have
+# less than 100 characters"). Names HubSpot derives keep to it: a pipeline stage id with hyphens
+# gives hs_v2_date_entered_<the id, hyphens as underscores>_<n>.
+_PROPERTY_NAME = re.compile(r"[a-z][a-z0-9_]{0,99}")
+# Conversation threads are not CRM objects: their conversation.propertyChange names are
+# camelCase (assignedTo, status, isArchived).
+_THREAD_PROPERTY_NAME = re.compile(r"[a-z][A-Za-z0-9_]{0,99}")
+_PROPERTY_NAME_RULES = {
+    _PROPERTY_NAME: "a lowercase letter, then lowercase letters, digits or underscores",
+    _THREAD_PROPERTY_NAME: "a lowercase letter, then letters, digits or underscores",
+}
+_TYPE_ID = re.compile(r"[0-9]{1,10}-[0-9]{1,20}")  # 0-1, 2-3456789
+_ASSOCIATION_CATEGORY = re.compile(r"[A-Z][A-Z_]{0,63}")  # HUBSPOT_DEFINED, USER_DEFINED, ...
+_ASSOCIATION_TYPE = re.compile(r"[A-Z][A-Z0-9_]{0,99}")  # CONTACT_TO_COMPANY, ...
+
 REDACTED = "REDACTED"
 # The subscription type of `doctor --self-test`'s event: a namespace HubSpot never sends, so the
 # row is recognisable as a test. It normalises to kind OTHER on object type "doctor", which the
 # mirror ignores, and rules and handlers never see it (Event.is_self_test).
 SELF_TEST_TYPE = "doctor.selfTest"
+
+
+class InvalidEvent(Exception):
+    """HubSpot cannot have sent this event: a field is missing or ill-formed (the message says
+    which); it is kept, and ignored with that reason, never retried or applied."""
 
 
 def is_mirrored(object_type: str) -> bool:
@@ -157,67 +181,145 @@ class Event:
 
 
 def normalise(inbox_id: int, raw: Mapping[str, Any]) -> Event:
-    """Turn a stored HubSpot event into an Event; unknown shapes become kind OTHER."""
+    """Turn a stored HubSpot event into an Event; unknown shapes become kind OTHER.
+
+    Raises InvalidEvent when a field HubSpot always sends well-formed is not: ids that are not
+    64-bit non-negative integers (booleans and fractions included), junk property names,
+    associations without their ids or type.
+    """
     subscription_type = str(raw.get("subscriptionType") or raw.get("eventType") or "")
     prefix, _, action = subscription_type.partition(".")
     kind = _KINDS.get(action, Kind.OTHER)
     if prefix == "object":
-        # Generic association events carry fromObjectTypeId instead of objectTypeId.
-        type_id = raw.get("objectTypeId") or raw.get("fromObjectTypeId") or ""
-        object_type = object_type_from_id(str(type_id))
+        object_type = object_type_from_id(_generic_type_id(raw, kind))
     else:
         object_type = CLASSIC_TYPES.get(prefix, prefix)
-    value = raw.get("propertyValue")
+    object_id = _id(raw, "objectId")
+    if object_id is None and kind is Kind.ASSOCIATION_CHANGE:
+        # Association events name their object in fromObjectId (as the inbox key does).
+        object_id = _id(raw, "fromObjectId")
+    for name in ("subscriptionId", "attemptNumber"):
+        _id(raw, name)
     return Event(
         inbox_id=inbox_id,
-        portal_id=int(raw["portalId"]),
+        portal_id=_required_id(raw, "portalId"),
         object_type=object_type,
-        # Association events name their object in fromObjectId (as the inbox key does).
-        object_id=_int(raw.get("objectId"))
-        if raw.get("objectId") is not None or kind is not Kind.ASSOCIATION_CHANGE
-        else _int(raw.get("fromObjectId")),
+        object_id=object_id,
         kind=kind,
-        occurred_at=int(raw["occurredAt"]),
+        occurred_at=_required_id(raw, "occurredAt"),
         subscription_type=subscription_type,
-        event_id=int(raw["eventId"]),
-        property_name=_str(raw.get("propertyName")),
-        property_value=None if value is None else str(value),
+        event_id=_required_id(raw, "eventId"),
+        property_name=_property_name(raw, object_type),
+        property_value=_property_value(raw),
         change_source=_str(raw.get("changeSource")),
         source_id=_str(raw.get("sourceId")),
-        app_id=_int(raw.get("appId")),
-        survivor_id=_int(raw.get("newObjectId")) or _int(raw.get("primaryObjectId")),
-        merged_ids=tuple(
-            i for i in (_int(v) for v in raw.get("mergedObjectIds") or ()) if i is not None
+        app_id=_id(raw, "appId"),
+        survivor_id=_id(raw, "newObjectId") or _id(raw, "primaryObjectId"),
+        merged_ids=_merged_ids(raw),
+        association=(
+            _association(raw, object_type, generic=prefix == "object")
+            if kind is Kind.ASSOCIATION_CHANGE
+            else None
         ),
-        association=_association(raw, object_type) if kind is Kind.ASSOCIATION_CHANGE else None,
         raw=raw,
     )
 
 
-def _association(raw: Mapping[str, Any], object_type: str) -> Association | None:
-    from_id, to_id = _int(raw.get("fromObjectId")), _int(raw.get("toObjectId"))
-    if from_id is None or to_id is None:
+def _generic_type_id(raw: Mapping[str, Any], kind: Kind) -> str:
+    # Generic association events may carry fromObjectTypeId instead of objectTypeId.
+    name = "objectTypeId"
+    if raw.get(name) is None and kind is Kind.ASSOCIATION_CHANGE:
+        name = "fromObjectTypeId"
+    return _type_id(raw, name)
+
+
+def _type_id(raw: Mapping[str, Any], name: str) -> str:
+    value = raw.get(name)
+    if not isinstance(value, str) or _TYPE_ID.fullmatch(value) is None:
+        raise InvalidEvent(f"{name} must be an object type id like 0-1, got {json_type(value)}")
+    return value
+
+
+def _property_name(raw: Mapping[str, Any], object_type: str) -> str | None:
+    name = raw.get("propertyName")
+    if name is None:
         return None
-    if "fromObjectTypeId" in raw or "associationTypeId" in raw:
-        from_type = object_type_from_id(str(raw.get("fromObjectTypeId", "")))
-        to_type = object_type_from_id(str(raw.get("toObjectTypeId", "")))
-        category = str(raw.get("associationCategory") or "HUBSPOT_DEFINED")
-        association_type = f"{category}:{raw.get('associationTypeId')}"
+    if not isinstance(name, str):
+        raise InvalidEvent(f"propertyName must be a string, got {json_type(name)}")
+    form = _THREAD_PROPERTY_NAME if object_type == "conversations" else _PROPERTY_NAME
+    if form.fullmatch(name) is None:
+        shown = name if len(name) <= 100 else f"{name[:100]}..."
+        raise InvalidEvent(
+            f"propertyName {shown!r} is not a HubSpot internal name"
+            f" ({_PROPERTY_NAME_RULES[form]}, at most 100 characters)"
+        )
+    return name
+
+
+def _property_value(raw: Mapping[str, Any]) -> str | None:
+    value = raw.get("propertyValue")
+    if value is not None and not isinstance(value, str):
+        # HubSpot sends every value as a string; str(True) would store "True", not "true".
+        raise InvalidEvent(f"propertyValue must be a string, got {json_type(value)}")
+    return value
+
+
+def _merged_ids(raw: Mapping[str, Any]) -> tuple[int, ...]:
+    merged = raw.get("mergedObjectIds")
+    if merged is None:
+        return ()
+    if not isinstance(merged, list):
+        raise InvalidEvent(f"mergedObjectIds must be an array of ids, got {json_type(merged)}")
+    return tuple(_parse_id(value, f"mergedObjectIds[{i}]") for i, value in enumerate(merged))
+
+
+def _association(raw: Mapping[str, Any], object_type: str, *, generic: bool) -> Association:
+    from_id, to_id = _id(raw, "fromObjectId"), _id(raw, "toObjectId")
+    if from_id is None:
+        raise InvalidEvent("associationChange without fromObjectId")
+    if to_id is None:
+        raise InvalidEvent("associationChange without toObjectId")
+    removed, primary = _flag(raw, "associationRemoved"), _flag(raw, "isPrimaryAssociation")
+    # The generic form names both object types and a type id; a classic event (whose name
+    # says both types) may carry an associationTypeId too.
+    if (
+        generic
+        or "fromObjectTypeId" in raw
+        or ("associationTypeId" in raw and "associationType" not in raw)
+    ):
+        from_type = object_type_from_id(_type_id(raw, "fromObjectTypeId"))
+        to_type = object_type_from_id(_type_id(raw, "toObjectTypeId"))
+        type_id = _id(raw, "associationTypeId")
+        if type_id is None:
+            raise InvalidEvent("associationChange without associationTypeId")
+        category = raw.get("associationCategory")
+        if category is None:
+            category = "HUBSPOT_DEFINED"
+        elif not isinstance(category, str) or _ASSOCIATION_CATEGORY.fullmatch(category) is None:
+            raise InvalidEvent(
+                "associationCategory must be a category like HUBSPOT_DEFINED,"
+                f" got {json_type(category)}"
+            )
+        association_type = f"{category}:{type_id}"
     else:
-        association_type = str(raw.get("associationType") or "")
+        name = raw.get("associationType")
+        if name is None:
+            raise InvalidEvent("associationChange without associationType")
+        if not isinstance(name, str) or _ASSOCIATION_TYPE.fullmatch(name) is None:
+            raise InvalidEvent(
+                f"associationType must be a name like CONTACT_TO_COMPANY, got {json_type(name)}"
+            )
+        association_type = name
         sides = association_sides(association_type)
-        if sides is None:
-            from_type, to_type = object_type, ""
-        else:
-            from_type, to_type = sides
+        from_type, to_type = (object_type, "") if sides is None else sides
     return Association(
         from_type=from_type,
         from_id=from_id,
         to_type=to_type,
         to_id=to_id,
         association_type=association_type,
-        removed=bool(raw.get("associationRemoved")),
-        primary=bool(raw.get("isPrimaryAssociation")),
+        removed=removed,
+        primary=primary,
     )
 
 
@@ -241,14 +343,37 @@ def inverse_association_type(association_type: str) -> str | None:
     return f"{right}_TO_{left}"
 
 
-def _int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None
+def _required_id(raw: Mapping[str, Any], name: str) -> int:
+    if name not in raw:
+        raise InvalidEvent(f"missing required field {name}")
+    return _parse_id(raw[name], name)
+
+
+def _id(raw: Mapping[str, Any], name: str) -> int | None:
+    value = raw.get(name)
+    return None if value is None else _parse_id(value, name)
+
+
+def _parse_id(value: object, name: str) -> int:
+    """A HubSpot id: an integer in 0..2**63-1, never a boolean or a fraction. Digit strings
+    are read too (rows stored before ingest checked types)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value <= INT64_MAX:
+            return value
+    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        number = int(value)
+        if number <= INT64_MAX:
+            return number
+    raise InvalidEvent(f"{name} must be a non-negative 64-bit integer, got {json_type(value)}")
+
+
+def _flag(raw: Mapping[str, Any], name: str) -> bool:
+    value = raw.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidEvent(f"{name} must be a boolean, got {json_type(value)}")
+    return value
 
 
 def _str(value: object) -> str | None:

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,29 +21,33 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service import db
+from service.batches import Batch, InvalidBatch, parse_batch
+
+# Ingest's input, a webhook body validated into a Batch, comes from service.batches (pure) and
+# is part of this module's API.
+__all__ = [
+    "INBOX_CHANNEL",
+    "Batch",
+    "Claimed",
+    "Filters",
+    "InvalidBatch",
+    "Notifier",
+    "Outcome",
+    "RecordResult",
+    "claim_due",
+    "get_event",
+    "list_events",
+    "parse_batch",
+    "record_delivery",
+    "replay",
+    "scrub_contacts",
+    "settle",
+]
 
 log = logging.getLogger(__name__)
 
 # NOTIFY channel: the web process says "new events are due"; apply workers LISTEN.
 INBOX_CHANNEL = "hubspot_inbox"
-
-_INT64_MAX = 2**63 - 1
-# HubSpot's JSON never carries these, but Postgres jsonb cannot store NUL or a lone surrogate:
-# such a body takes the slow path that replaces them, instead of failing the insert forever.
-_UNSTORABLE_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
-_UNSTORABLE_CHAR = re.compile("[\x00\ud800-\udfff]")
-
-
-class InvalidBatch(Exception):
-    """The body is not a JSON array of HubSpot event objects; the message names the element."""
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """A validated delivery: the events, and the JSON array text to store."""
-
-    events: list[dict[str, Any]]
-    json_text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,94 +63,6 @@ class RecordResult:
     def duplicates(self) -> int:
         """Events already stored, by an earlier delivery or earlier in the same body."""
         return self.received - self.stored
-
-
-def _reject_constant(name: str) -> Any:
-    raise InvalidBatch(f"body is not valid JSON: {name} is not a JSON number")
-
-
-def parse_batch(body: bytes) -> Batch:
-    """Validate a webhook body: a JSON array of event objects (a lone object is a batch of one)."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidBatch("body is not UTF-8") from None
-    try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise InvalidBatch(f"body is not valid JSON: {exc.msg} at position {exc.pos}") from None
-    if isinstance(data, dict):
-        data = [data]
-        text = f"[{text}]"
-    if not isinstance(data, list):
-        raise InvalidBatch(f"body must be a JSON array of events, got {_json_type(data)}")
-    for index, event in enumerate(data):
-        _check_event(index, event)
-    if _UNSTORABLE_ESCAPE.search(body):
-        data = _storable(data)
-        try:
-            # allow_nan=False: a number too large for a float (1e400) would come out as
-            # Infinity, which jsonb refuses; such a body is refused here, not retried forever.
-            text = json.dumps(data, ensure_ascii=False, allow_nan=False)
-        except ValueError:
-            raise InvalidBatch("body has a number too large to store") from None
-    return Batch(events=data, json_text=text)
-
-
-def _check_event(index: int, event: object) -> None:
-    where = f"event [{index}]"
-    if not isinstance(event, dict):
-        raise InvalidBatch(f"{where} must be a JSON object, got {_json_type(event)}")
-    event_id = event.get("eventId")
-    label = f"{where} (eventId {event_id})" if _is_int64(event_id) else where
-    for name in ("eventId", "portalId", "occurredAt"):
-        if name not in event:
-            raise InvalidBatch(f"{label}: missing required field {name}")
-        if not _is_int64(event[name]):
-            raise InvalidBatch(
-                f"{label}: {name} must be a non-negative integer, got {_json_type(event[name])}"
-            )
-    kind = event.get("subscriptionType")
-    if kind is None:
-        kind = event.get("eventType")  # the name in HubSpot's older docs
-    if kind is None:
-        raise InvalidBatch(f"{label}: missing required field subscriptionType")
-    if not isinstance(kind, str) or not kind:
-        raise InvalidBatch(f"{label}: subscriptionType must be a non-empty string")
-    for name in ("subscriptionId", "objectId", "fromObjectId"):
-        value = event.get(name)
-        if value is not None and not _is_int64(value):
-            raise InvalidBatch(
-                f"{label}: {name} must be a non-negative integer, got {_json_type(value)}"
-            )
-
-
-def _is_int64(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _INT64_MAX
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number" if not isinstance(value, int) or _is_int64(value) else "out-of-range number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
-def _storable(value: Any) -> Any:
-    if isinstance(value, str):
-        return _UNSTORABLE_CHAR.sub("\ufffd", value)
-    if isinstance(value, list):
-        return [_storable(v) for v in value]
-    if isinstance(value, dict):
-        return {_storable(k): _storable(v) for k, v in value.items()}
-    return value
 
 
 # One statement, one round trip: the whole array goes in as a single jsonb parameter and is

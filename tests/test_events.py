@@ -11,6 +11,7 @@ import pytest
 
 from service.events import (
     Association,
+    InvalidEvent,
     Kind,
     association_sides,
     inverse_association_type,
@@ -326,13 +327,81 @@ def test_generic_association_to_a_custom_object_keeps_its_type_id_and_label_cate
     assert association.association_type == "USER_DEFINED:71"
 
 
-def test_association_event_without_both_ids_has_no_association() -> None:
+def test_association_event_without_both_ids_is_invalid() -> None:
     raw = hubspot_event(
         "contact.associationChange", associationType="CONTACT_TO_COMPANY", fromObjectId=123
     )
-    event = normalise(1, raw)
-    assert event.kind is Kind.ASSOCIATION_CHANGE
-    assert event.association is None
+    with pytest.raises(InvalidEvent, match=r"^associationChange without toObjectId$"):
+        normalise(1, raw)
+
+
+def generic_association(**fields: Any) -> dict[str, Any]:
+    """An object.associationChange deal 8 -> contact 123, with `fields` changed (None: absent)."""
+    raw = hubspot_event(
+        "object.associationChange",
+        fromObjectTypeId="0-3",
+        toObjectTypeId="0-1",
+        fromObjectId=8,
+        toObjectId=123,
+        associationTypeId=3,
+        associationCategory="HUBSPOT_DEFINED",
+        associationRemoved=False,
+        isPrimaryAssociation=False,
+    )
+    raw.update(fields)
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"associationTypeId": None}, "associationChange without associationTypeId"),
+        ({"associationTypeId": "three"}, "associationTypeId must be a non-negative 64-bit"),
+        ({"associationTypeId": True}, "associationTypeId must be a non-negative 64-bit"),
+        ({"toObjectTypeId": None}, "toObjectTypeId must be an object type id"),
+        ({"toObjectTypeId": 1}, "toObjectTypeId must be an object type id"),
+        ({"fromObjectTypeId": "contacts"}, "fromObjectTypeId must be an object type id"),
+        ({"associationCategory": ["USER_DEFINED"]}, "associationCategory must be"),
+        ({"associationCategory": "user defined"}, "associationCategory must be"),
+        ({"associationRemoved": "false"}, "associationRemoved must be a boolean"),
+        ({"isPrimaryAssociation": 1}, "isPrimaryAssociation must be a boolean"),
+        ({"toObjectId": 1.5}, "toObjectId must be a non-negative 64-bit integer"),
+    ],
+)
+def test_generic_association_missing_or_ill_typed_field_is_invalid(
+    fields: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(InvalidEvent, match=f"^{reason}"):
+        normalise(1, generic_association(**fields))
+
+
+def test_generic_association_without_a_category_is_hubspot_defined() -> None:
+    association = normalise(1, generic_association(associationCategory=None)).association
+    assert association is not None
+    assert association.association_type == "HUBSPOT_DEFINED:3"
+
+
+def test_a_classic_association_that_also_carries_a_type_id_reads_its_name() -> None:
+    raw = hubspot_event(
+        "contact.associationChange",
+        associationType="CONTACT_TO_COMPANY",
+        associationTypeId=1,
+        fromObjectId=1,
+        toObjectId=2,
+    )
+    association = normalise(1, raw).association
+    assert association is not None
+    assert (association.from_type, association.to_type) == ("contacts", "companies")
+    assert association.association_type == "CONTACT_TO_COMPANY"
+
+
+@pytest.mark.parametrize("name", [None, 5, "", "contact to company"])
+def test_classic_association_without_a_readable_type_is_invalid(name: object) -> None:
+    raw = hubspot_event("contact.associationChange", fromObjectId=1, toObjectId=2)
+    if name is not None:
+        raw["associationType"] = name
+    with pytest.raises(InvalidEvent, match="associationType"):
+        normalise(1, raw)
 
 
 def test_unreadable_association_name_keeps_the_event_object_type_as_from_side() -> None:
@@ -440,11 +509,20 @@ def test_merge_without_new_object_id_falls_back_to_the_primary() -> None:
     assert event.merge_losers == (200, 201)
 
 
-def test_merge_ignores_merged_ids_that_are_not_ids() -> None:
-    raw = hubspot_event(
-        "deal.merge", objectId=1, primaryObjectId=1, mergedObjectIds=[2, None, "x", True]
-    )
-    assert normalise(1, raw).merged_ids == (2,)
+@pytest.mark.parametrize(
+    ("merged", "reason"),
+    [
+        ([2, None], r"mergedObjectIds\[1\] must be a non-negative 64-bit integer, got null"),
+        ([2, "x"], r"mergedObjectIds\[1\] must be a non-negative 64-bit integer, got string"),
+        ([True], r"mergedObjectIds\[0\] must be a non-negative 64-bit integer, got boolean"),
+        ([2.0], r"mergedObjectIds\[0\] must be a non-negative 64-bit integer, got number"),
+        (7, "mergedObjectIds must be an array of ids, got number"),
+    ],
+)
+def test_merge_with_merged_ids_that_are_not_ids_is_invalid(merged: object, reason: str) -> None:
+    raw = hubspot_event("deal.merge", objectId=1, primaryObjectId=1, mergedObjectIds=merged)
+    with pytest.raises(InvalidEvent, match=f"^{reason}$"):
+        normalise(1, raw)
 
 
 def test_merge_losers_are_empty_for_other_kinds() -> None:
@@ -463,27 +541,41 @@ def test_merge_without_a_survivor_has_no_losers() -> None:
 
 
 @pytest.mark.parametrize("missing", ["portalId", "occurredAt", "eventId"])
-def test_missing_required_field_raises(missing: str) -> None:
+def test_missing_required_field_is_invalid(missing: str) -> None:
     raw = hubspot_event("contact.creation", objectId=1)
     del raw[missing]
-    with pytest.raises(KeyError, match=missing):
+    with pytest.raises(InvalidEvent, match=f"^missing required field {missing}$"):
         normalise(1, raw)
 
 
 @pytest.mark.parametrize(
-    ("name", "value"),
-    [("portalId", "not-a-portal"), ("occurredAt", "yesterday"), ("eventId", "abc")],
+    ("name", "value", "got"),
+    [
+        ("portalId", "not-a-portal", "string"),
+        ("occurredAt", "yesterday", "string"),
+        ("eventId", "abc", "string"),
+        ("eventId", "\u00b2", "string"),  # a digit to str.isdigit(), not to int()
+        ("portalId", None, "null"),
+        ("portalId", True, "boolean"),
+        ("occurredAt", 1.7e12, "number"),
+        ("eventId", 1.0, "number"),
+        ("eventId", -1, "out-of-range number"),
+        ("portalId", 2**63, "out-of-range number"),
+    ],
 )
-def test_non_numeric_required_field_raises(name: str, value: str) -> None:
+def test_required_field_that_is_not_a_64_bit_id_is_invalid(
+    name: str, value: object, got: str
+) -> None:
     raw = hubspot_event("contact.creation", objectId=1, **{name: value})
-    with pytest.raises(ValueError, match="invalid literal"):
+    with pytest.raises(
+        InvalidEvent, match=f"^{name} must be a non-negative 64-bit integer, got {got}$"
+    ):
         normalise(1, raw)
 
 
-def test_null_required_field_raises() -> None:
-    raw = hubspot_event("contact.creation", objectId=1, portalId=None)
-    with pytest.raises(TypeError):
-        normalise(1, raw)
+def test_ids_stored_as_digit_strings_are_read() -> None:
+    event = normalise(1, hubspot_event("contact.creation", portalId="62515", objectId="7"))
+    assert (event.portal_id, event.object_id) == (62515, 7)
 
 
 def test_event_without_any_type_is_kind_other_with_empty_type() -> None:
@@ -494,7 +586,98 @@ def test_event_without_any_type_is_kind_other_with_empty_type() -> None:
     assert event.subscription_type == ""
 
 
-def test_ill_typed_object_id_becomes_none() -> None:
-    event = normalise(1, hubspot_event("contact.creation", objectId=True))
-    assert event.object_id is None
-    assert event.key == (PORTAL, "contacts", 0)
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("objectId", True),
+        ("objectId", 1.5),
+        ("appId", False),
+        ("appId", 2.0),
+        ("objectId", [1]),
+        ("appId", 2**64),
+        ("subscriptionId", "12-34"),
+    ],
+)
+def test_ill_typed_optional_id_is_invalid_not_coerced(name: str, value: object) -> None:
+    with pytest.raises(InvalidEvent, match=f"^{name} must be a non-negative 64-bit integer"):
+        normalise(1, hubspot_event("contact.creation", **{"objectId": 1, name: value}))
+
+
+# --- property names ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "email",
+        "hs_lead_status",
+        "hs_v2_date_entered_customer",
+        "hs_v2_date_entered_baedc188_ba76_4a41_8723_5bb99fe7c5bf_1220797901",
+        "hs_date_entered_4018240",
+        "address2",
+        "lead_country__c",
+        "x",
+        "p" * 100,
+    ],
+)
+def test_hubspot_internal_property_names_are_accepted(name: str) -> None:
+    raw = hubspot_event("deal.propertyChange", objectId=5, propertyName=name, propertyValue="v")
+    assert normalise(1, raw).property_name == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        -1,
+        True,
+        [],
+        {"name": "email"},
+        1.5,
+        "",
+        "-1",
+        "[]",
+        "Email",
+        "1st_touch",
+        "_hidden",
+        "hs-lead-status",
+        "email\n",
+        "e mail",
+        "\u00e9mail",
+        "email'); DROP TABLE seen_properties; --",
+        "p" * 101,
+    ],
+)
+def test_junk_property_names_are_invalid(name: object) -> None:
+    raw = hubspot_event("contact.propertyChange", objectId=1, propertyName=name, propertyValue="v")
+    with pytest.raises(InvalidEvent, match=r"^propertyName "):
+        normalise(1, raw)
+
+
+def test_a_property_name_is_checked_on_generic_events_too() -> None:
+    raw = hubspot_event(
+        "object.propertyChange", objectTypeId="0-3", objectId=5, propertyName=[], propertyValue="v"
+    )
+    with pytest.raises(InvalidEvent, match=r"^propertyName must be a string"):
+        normalise(1, raw)
+
+
+@pytest.mark.parametrize("name", ["assignedTo", "status", "isArchived"])
+def test_conversation_thread_properties_keep_their_camel_case_names(name: str) -> None:
+    # HubSpot's conversation.propertyChange names thread properties in camelCase.
+    raw = hubspot_event("conversation.propertyChange", objectId=9, propertyName=name)
+    assert normalise(1, raw).property_name == name
+
+
+@pytest.mark.parametrize("name", [-1, "[]", "is archived", "x" * 101])
+def test_junk_conversation_property_names_are_invalid(name: object) -> None:
+    raw = hubspot_event("conversation.propertyChange", objectId=9, propertyName=name)
+    with pytest.raises(InvalidEvent, match=r"^propertyName "):
+        normalise(1, raw)
+
+
+@pytest.mark.parametrize("value", [5, True, ["a"], {"a": 1}])
+def test_a_property_value_that_is_not_a_string_is_invalid(value: object) -> None:
+    raw = hubspot_event("contact.propertyChange", objectId=1, propertyName="email")
+    raw["propertyValue"] = value
+    with pytest.raises(InvalidEvent, match=r"^propertyValue must be a string"):
+        normalise(1, raw)

@@ -1,4 +1,5 @@
-"""service.inbox: validating a delivery, recording it once, claiming, settling and scrubbing rows.
+"""service.inbox: recording a delivery once, claiming, settling and scrubbing rows (what a valid
+delivery is: tests/test_batches.py).
 
 Everything that touches inbox_events runs on the real test database.
 """
@@ -15,8 +16,6 @@ import sqlalchemy as sa
 
 from service import db, inbox
 from tests.factories import PORTAL, hubspot_event, numbered_event
-
-INT64_MAX = 2**63 - 1
 
 
 def association_event(event_id: int, from_id: int, to_id: int) -> dict[str, Any]:
@@ -58,183 +57,6 @@ def record(database_url: str, events: list[dict[str, Any]]) -> inbox.RecordResul
 def rows(engine: sa.Engine) -> list[Any]:
     with engine.connect() as connection:
         return list(connection.execute(sa.text("SELECT * FROM inbox_events ORDER BY id")))
-
-
-# --- parse_batch: what a valid delivery is ------------------------------------------------------
-
-
-def test_array_of_events_is_a_batch_and_its_text_is_kept() -> None:
-    raw = body([numbered_event(1), numbered_event(2)])
-    batch = inbox.parse_batch(raw)
-    assert [e["eventId"] for e in batch.events] == [1, 2]
-    assert batch.json_text == raw.decode()
-
-
-def test_single_object_is_a_batch_of_one() -> None:
-    batch = inbox.parse_batch(body(numbered_event(7)))
-    assert [e["eventId"] for e in batch.events] == [7]
-    assert json.loads(batch.json_text) == [numbered_event(7)]
-
-
-def test_empty_array_is_an_empty_batch() -> None:
-    assert inbox.parse_batch(b"[]").events == []
-
-
-def test_old_event_type_field_is_accepted_instead_of_subscription_type() -> None:
-    event = numbered_event()
-    event["eventType"] = event.pop("subscriptionType")
-    assert inbox.parse_batch(body([event])).events == [event]
-
-
-def test_optional_ids_may_be_absent_or_null() -> None:
-    event = numbered_event(subscriptionId=None)
-    del event["objectId"]
-    assert inbox.parse_batch(body([event])).events == [event]
-
-
-@pytest.mark.parametrize(
-    ("raw", "got"),
-    [(b'"events"', "string"), (b"42", "number"), (b"null", "null"), (b"true", "boolean")],
-)
-def test_body_that_is_not_an_array_is_rejected(raw: bytes, got: str) -> None:
-    with pytest.raises(inbox.InvalidBatch, match=f"must be a JSON array of events, got {got}"):
-        inbox.parse_batch(raw)
-
-
-def test_body_that_is_not_json_is_rejected() -> None:
-    with pytest.raises(inbox.InvalidBatch, match="body is not valid JSON"):
-        inbox.parse_batch(b'[{"eventId": 1,')
-
-
-def test_body_that_is_not_utf8_is_rejected() -> None:
-    with pytest.raises(inbox.InvalidBatch, match="not UTF-8"):
-        inbox.parse_batch(b'[{"propertyValue": "\xff"}]')
-
-
-@pytest.mark.parametrize(
-    ("element", "got"),
-    [("5", "number"), ('"x"', "string"), ("[]", "array"), ("null", "null")],
-)
-def test_element_that_is_not_an_object_is_rejected_by_index(element: str, got: str) -> None:
-    raw = f"[{json.dumps(numbered_event())}, {element}]".encode()
-    with pytest.raises(
-        inbox.InvalidBatch, match=rf"^event \[1\] must be a JSON object, got {got}$"
-    ):
-        inbox.parse_batch(raw)
-
-
-@pytest.mark.parametrize("name", ["eventId", "portalId", "occurredAt"])
-def test_missing_required_field_is_named_with_the_element_index(name: str) -> None:
-    broken = numbered_event(3)
-    del broken[name]
-    events = [numbered_event(1), numbered_event(2), broken]
-    with pytest.raises(inbox.InvalidBatch, match=rf"event \[2\].*missing required field {name}$"):
-        inbox.parse_batch(body(events))
-
-
-def test_message_names_the_event_id_when_it_is_readable() -> None:
-    broken = numbered_event(41)
-    del broken["portalId"]
-    with pytest.raises(
-        inbox.InvalidBatch, match=r"^event \[0\] \(eventId 41\): missing required field portalId$"
-    ):
-        inbox.parse_batch(body([broken]))
-
-
-def test_missing_subscription_type_is_rejected() -> None:
-    broken = numbered_event()
-    del broken["subscriptionType"]
-    with pytest.raises(inbox.InvalidBatch, match="missing required field subscriptionType"):
-        inbox.parse_batch(body([broken]))
-
-
-@pytest.mark.parametrize("value", ["", 5, None])
-def test_subscription_type_must_be_a_non_empty_string(value: object) -> None:
-    broken = numbered_event(subscriptionType=value)
-    if value is None:
-        broken["eventType"] = ""
-    with pytest.raises(inbox.InvalidBatch, match="subscriptionType must be a non-empty string"):
-        inbox.parse_batch(body([broken]))
-
-
-@pytest.mark.parametrize(
-    ("name", "value", "got"),
-    [
-        ("eventId", "1", "string"),
-        ("portalId", "62515", "string"),
-        ("occurredAt", 1.7e12, "number"),
-        ("occurredAt", None, "null"),
-        ("portalId", True, "boolean"),
-        ("eventId", -1, "out-of-range number"),
-        ("subscriptionId", "12345", "string"),
-        ("objectId", [1], "array"),
-        ("fromObjectId", {"id": 1}, "object"),
-    ],
-)
-def test_ill_typed_id_is_rejected_with_its_json_type(name: str, value: object, got: str) -> None:
-    events = [numbered_event(1), numbered_event(2, **{name: value})]
-    with pytest.raises(
-        inbox.InvalidBatch,
-        match=rf"^event \[1\].*: {name} must be a non-negative integer, got {got}$",
-    ):
-        inbox.parse_batch(body(events))
-
-
-@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
-def test_nan_and_infinity_are_rejected(constant: str) -> None:
-    raw = body([numbered_event()]).replace(b'"CRM_UI"', constant.encode())
-    with pytest.raises(inbox.InvalidBatch, match=f"{constant} is not a JSON number"):
-        inbox.parse_batch(raw)
-
-
-def test_largest_int64_is_accepted() -> None:
-    event = numbered_event(INT64_MAX, portalId=INT64_MAX, occurredAt=INT64_MAX, objectId=INT64_MAX)
-    assert inbox.parse_batch(body([event])).events == [event]
-
-
-@pytest.mark.parametrize("name", ["eventId", "portalId", "occurredAt", "objectId"])
-def test_integer_outside_int64_is_rejected(name: str) -> None:
-    with pytest.raises(
-        inbox.InvalidBatch, match=f"{name} must be a non-negative integer, got out-of-range number"
-    ):
-        inbox.parse_batch(body([numbered_event(**{name: INT64_MAX + 1})]))
-
-
-def test_unicode_and_escapes_are_decoded_and_the_raw_text_is_kept() -> None:
-    raw = '[{"eventId":1,"portalId":2,"occurredAt":3,"subscriptionType":"contact.propertyChange",'
-    raw += '"propertyValue":"J\\u00fcrgen M\u00fcller \u6771\u4eac \U0001f600 \\"q\\" \\n"}]'
-    batch = inbox.parse_batch(raw.encode())
-    assert (
-        batch.events[0]["propertyValue"] == 'J\u00fcrgen M\u00fcller \u6771\u4eac \U0001f600 "q" \n'
-    )
-    assert batch.json_text == raw
-
-
-def test_escaped_surrogate_pair_is_decoded_to_its_character() -> None:
-    raw = body([numbered_event(propertyValue="smile \U0001f600")])
-    assert b"\\ud83d\\ude00" in raw
-    batch = inbox.parse_batch(raw)
-    assert batch.events[0]["propertyValue"] == "smile \U0001f600"
-    assert json.loads(batch.json_text) == batch.events
-
-
-def test_nul_and_lone_surrogates_become_replacement_characters() -> None:
-    raw = (
-        b'[{"eventId":1,"portalId":2,"occurredAt":3,"subscriptionType":"contact.propertyChange",'
-        b'"propertyName":"notes","propertyValue":"a\\u0000b\\ud800c\\uDFFFd \\ud83d\\ude00",'
-        b'"x\\u0000":1}]'
-    )
-    batch = inbox.parse_batch(raw)
-    event = batch.events[0]
-    assert event["propertyValue"] == "a\ufffdb\ufffdc\ufffdd \U0001f600"
-    assert event["x\ufffd"] == 1
-    assert json.loads(batch.json_text) == batch.events
-
-
-def test_escaped_backslash_before_u0000_text_is_left_as_text() -> None:
-    raw = body([numbered_event(propertyValue="C:\\u0000dir")])
-    batch = inbox.parse_batch(raw)
-    assert batch.events[0]["propertyValue"] == "C:\\u0000dir"
 
 
 # --- record_delivery: each event once, by its identity ---------------------------------------

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from service import db, inbox, mirror
-from service.events import Event, normalise
+from service.events import Event, InvalidEvent, normalise
 from service.rules.engine import Before, RuleEngine
 from service.rules.registry import Registry, registry
 from service.worker.loop import Wakeup, run_loop
@@ -110,12 +110,7 @@ class Worker:
         self, connection: sa.Connection, claimed: list[inbox.Claimed]
     ) -> list[inbox.Outcome]:
         outcomes: dict[int, inbox.Outcome] = {}
-        events: list[Event] = []
-        for row in claimed:
-            try:
-                events.append(normalise(row.id, row.payload))
-            except Exception as exc:  # noqa: BLE001 - a malformed row fails alone
-                outcomes[row.id] = _failed(row.id, exc)
+        events = _normalised(claimed, outcomes)
         before = self.rules.before(connection, events) if self.rules is not None else {}
         try:
             with connection.begin_nested():
@@ -182,6 +177,20 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - this event fails, the rest go on
                 outcomes[event.inbox_id] = _failed(event.inbox_id, exc)
         return fired
+
+
+def _normalised(claimed: list[inbox.Claimed], outcomes: dict[int, inbox.Outcome]) -> list[Event]:
+    """The claimed rows as Events; a row that is not one has its outcome set here."""
+    events: list[Event] = []
+    for row in claimed:
+        try:
+            events.append(normalise(row.id, row.payload))
+        except InvalidEvent as exc:
+            # Not something HubSpot sends: kept with the reason, never applied or retried.
+            outcomes[row.id] = inbox.Outcome(row.id, "ignored", f"invalid event: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a malformed row fails alone
+            outcomes[row.id] = _failed(row.id, exc)
+    return events
 
 
 def _failed(row_id: int, exc: BaseException) -> inbox.Outcome:

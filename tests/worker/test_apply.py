@@ -372,7 +372,7 @@ def test_mirrored_events_without_user_handlers_are_done(
 # --- a row that cannot be applied fails alone ------------------------------------------------
 
 
-def test_a_malformed_stored_event_fails_alone(
+def test_a_stored_event_hubspot_cannot_have_sent_is_ignored_alone_with_the_reason(
     store: Store, worker: Worker, engine: sa.Engine
 ) -> None:
     store([change("contact", i, 1000, "email", f"c{i}@example.com") for i in (1, 2, 3)])
@@ -383,27 +383,32 @@ def test_a_malformed_stored_event_fails_alone(
 
     worker.drain()
 
-    assert statuses(engine) == {1: "done", 2: "failed", 3: "done"}
-    failed = next(r for r in inbox_rows(engine) if r.object_id == 2)
-    assert failed.last_error is not None
-    assert "KeyError" in failed.last_error
+    assert statuses(engine) == {1: "done", 2: "ignored", 3: "done"}
+    ignored = next(r for r in inbox_rows(engine) if r.object_id == 2)
+    assert ignored.last_error == "invalid event: missing required field portalId"
+    assert worker.drain() == 0, "an invalid event is never retried"
 
 
 def test_an_event_the_mirror_cannot_apply_fails_alone_and_the_rest_of_the_batch_applies(
     store: Store, worker: Worker, engine: sa.Engine
 ) -> None:
     store([change("contact", i, 1000, "email", f"c{i}@example.com") for i in (1, 2, 3)])
+    # A constraint the mirror's row for contact 2 breaks: the set-based statement for the batch
+    # fails, so the worker falls back to one savepoint per event.
     with engine.begin() as connection:
-        # An object id beyond bigint: the set-based statement for the batch fails, so the
-        # worker falls back to one savepoint per event.
         connection.execute(
             sa.text(
-                "UPDATE inbox_events SET payload = jsonb_set(payload, '{objectId}',"
-                " '\"99999999999999999999\"') WHERE object_id = 2"
+                "ALTER TABLE crm_objects ADD CONSTRAINT test_not_contact_2"
+                " CHECK (object_id <> 2) NOT VALID"
             )
         )
-
-    worker.drain()
+    try:
+        worker.drain()
+    finally:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text("ALTER TABLE crm_objects DROP CONSTRAINT test_not_contact_2")
+            )
 
     assert statuses(engine) == {1: "done", 2: "failed", 3: "done"}
     with engine.connect() as connection:
@@ -411,6 +416,68 @@ def test_an_event_the_mirror_cannot_apply_fails_alone_and_the_rest_of_the_batch_
             sa.text("SELECT object_id FROM crm_objects ORDER BY object_id")
         ).all()
     assert mirrored == [1, 3]
+
+
+# --- events with junk property names (issue 10, finding 7) -----------------------------------
+
+JUNK_NAMES: list[Any] = [-1, True, [], "[]", "Email", "x" * 101, "email'); --"]
+
+
+def test_junk_property_names_are_ignored_with_the_reason_and_never_seen(
+    clean_db: str, worker: Worker, engine: sa.Engine
+) -> None:
+    events = [
+        hs("contact.propertyChange", 10 + n, 1000, propertyName=name, propertyValue="v")
+        for n, name in enumerate(JUNK_NAMES)
+    ]
+    events.append(change("contact", 99, 1000, "hs_lead_status", "NEW"))
+    assert store_events(clean_db, events) == len(events), "stored: acknowledged, not refused"
+
+    worker.drain()
+
+    rows = {r.object_id: r for r in inbox_rows(engine)}
+    assert rows.pop(99).status == "done"
+    for row in rows.values():
+        assert row.status == "ignored"
+        assert row.last_error.startswith("invalid event: propertyName ")
+    assert worker.drain() == 0
+    with engine.connect() as connection:
+        seen = connection.execute(
+            sa.text("SELECT object_type, property FROM seen_properties")
+        ).all()
+        mirrored = connection.scalars(sa.text("SELECT object_id FROM crm_objects")).all()
+    # Hydration asks HubSpot for exactly these names: no junk can reach the API.
+    assert [tuple(r) for r in seen] == [("contacts", "hs_lead_status")]
+    assert mirrored == [99]
+
+
+def test_a_generic_association_without_its_type_id_is_ignored_not_stored_as_none(
+    store: Store, worker: Worker, engine: sa.Engine
+) -> None:
+    store(
+        [
+            hs(
+                "object.associationChange",
+                None,
+                1000,
+                fromObjectTypeId="0-3",
+                toObjectTypeId="0-1",
+                fromObjectId=8,
+                toObjectId=123,
+                associationCategory="HUBSPOT_DEFINED",
+            )
+        ]
+    )
+
+    worker.drain()
+
+    [row] = inbox_rows(engine)
+    assert (row.status, row.last_error) == (
+        "ignored",
+        "invalid event: associationChange without associationTypeId",
+    )
+    with engine.connect() as connection:
+        assert connection.scalar(sa.text("SELECT count(*) FROM crm_associations")) == 0
 
 
 # --- claiming --------------------------------------------------------------------------------
