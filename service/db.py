@@ -15,7 +15,6 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -107,28 +106,6 @@ def create_engine(
 def libpq_url(url: str) -> str:
     """The libpq form of a SQLAlchemy URL (drops the `+psycopg` driver tag)."""
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
-def create_web_pool(url: str, *, size: int) -> AsyncConnectionPool:
-    """The connection pool of the web process: autocommit psycopg connections, opened lazily.
-
-    Statements are capped at 4 s so a stuck database becomes a 503 inside HubSpot's 5 s budget,
-    and a connection is waited for at most 3 s for the same reason.
-    """
-
-    async def configure(connection: Any) -> None:
-        await connection.set_autocommit(True)
-
-    return AsyncConnectionPool(
-        libpq_url(url),
-        min_size=1,
-        max_size=size,
-        timeout=3,
-        max_lifetime=1800,
-        kwargs=_connect_args(statement_timeout_ms=4000),
-        configure=configure,
-        open=False,
-    )
 
 
 class EmbeddedPostgres:
@@ -241,6 +218,14 @@ def migration_head() -> str:
     if head is None:
         raise DatabaseError("the migration history is empty")
     return str(head)
+
+
+def migration_history() -> tuple[str, ...]:
+    """Every revision id this code's migrations know, oldest first (the head last)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config())
+    return tuple(reversed([rev.revision for rev in script.walk_revisions()]))
 
 
 def migrate(url: str, revision: str = "head") -> None:

@@ -2,11 +2,11 @@
 
 It owns the app's assembly: the configuration computed once at start-up (settings, webhook
 secrets, trusted proxies, the migration head) kept in `app.state.config`; the async connection
-pool the webhook stores through and /readyz checks, opened without waiting so the process comes
-up before Postgres does; the inbox notifier that wakes the worker; the small synchronous engine
-for OAuth installs and /readyz details; the `no_worker` alert's watch thread (when an alert
-target is set: it must go out when every worker is down, see service/alerting/direct.py); and
-the route table. The routes themselves live in
+pool the webhook stores through (service.web.deadline, one deadline per delivery) and /readyz
+checks, opened without waiting so the process comes up before Postgres does; the inbox notifier
+that wakes the worker; the small synchronous engine for OAuth installs and /readyz details; the
+`no_worker` alert's watch thread (when an alert target is set: it must go out when every worker
+is down, see service/alerting/direct.py); and the route table. The routes themselves live in
 webhook.py, health.py, oauth.py, metrics.py and admin/.
 """
 
@@ -24,11 +24,12 @@ from service import db, inbox
 from service.alerting import direct
 from service.settings import WEBHOOK_PATH, Settings
 from service.web import admin
+from service.web.deadline import DeliveryStore
 from service.web.gauges import DatabaseCollector
 from service.web.health import healthz, readyz
 from service.web.metrics import WebhookMetrics, metrics
 from service.web.oauth import oauth_callback, oauth_install
-from service.web.webhook import TrustedProxies, receive_webhook, wrong_path
+from service.web.webhook import AllowedHosts, TrustedProxies, receive_webhook, wrong_path
 
 _ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -40,6 +41,7 @@ class Config:
     settings: Settings
     secrets: tuple[str, ...]
     trusted: TrustedProxies
+    hosts: AllowedHosts
     head: str
 
 
@@ -47,10 +49,10 @@ def create_app(
     settings: Settings | None = None,
     *,
     database_url: str | None = None,
-    alert_seconds: float = direct.WATCH_SECONDS,
+    alert_seconds: float | None = None,
 ) -> Starlette:
     """Build the ASGI app. `database_url` overrides settings (the embedded server's URL);
-    `alert_seconds` is how often the `no_worker` alert is evaluated (tests shorten it)."""
+    `alert_seconds` is how often the `no_worker` alert is evaluated (default ALERT_INTERVAL)."""
     settings = Settings.from_env() if settings is None else settings
     url = database_url or settings.database_url
     if url is None:
@@ -59,15 +61,23 @@ def create_app(
         settings=settings,
         secrets=settings.require_client_secret(),
         trusted=TrustedProxies(settings.forwarded_allow_ips),
+        hosts=AllowedHosts(settings.allowed_hosts),
         head=db.migration_head(),
     )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = db.create_web_pool(url, size=settings.db_pool_size)
+        # The webhook's storage: one deadline per delivery over its own pool (deadline.py).
+        store = DeliveryStore(
+            url,
+            pool_size=settings.db_pool_size,
+            deadline_seconds=settings.request_deadline_seconds,
+        )
+        pool = store.pool
         # Do not wait for the database here: the process must come up (and /healthz answer)
         # while Postgres is still starting; requests meanwhile get 503 and HubSpot retries.
         await pool.open(wait=False)
+        app.state.store = store
         app.state.pool = pool
         notifier = inbox.Notifier(pool)
         notifier.start()

@@ -2,9 +2,10 @@
 
 It owns the route's checks and answers: the body size limit, the signature check against the
 URL HubSpot signed (the configured public URL, or this request's own URL, rebuilt from the
-X-Forwarded-* headers of trusted proxies only), parsing and storing through service.inbox on a
-pooled connection, and the JSON error bodies (413, 401, 400, and 503 with Retry-After when the
-events were not stored).
+X-Forwarded-* headers of the peers FORWARDED_ALLOW_IPS names, none by default) once the host it
+names is allowed (421 unless ALLOWED_HOSTS, when set, lists it), parsing, storing through
+service.inbox inside the request's deadline (service.web.deadline), and the JSON error bodies
+(421, 413, 401, 400, and 503 with Retry-After when the events were not stored).
 """
 
 from __future__ import annotations
@@ -22,21 +23,37 @@ from starlette.responses import JSONResponse, Response
 from service import inbox
 from service.settings import WEBHOOK_PATH
 from service.signature import InvalidSignature, build_request_uri, verify_request
+from service.web import deadline
 
 if TYPE_CHECKING:
     from service.web.app import Config
+    from service.web.deadline import DeliveryStore
     from service.web.metrics import WebhookMetrics
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "10"
 
-# What a database that is down, restarting or out of pooled connections raises.
-STORAGE_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout, OSError)
+# What a database that is down, restarting, out of pooled connections or too slow raises.
+STORAGE_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout, OSError, deadline.DeadlineExceeded)
+# The 503's detail, by why the events were not stored (deadline.cause).
+_NOT_STORED = {
+    "deadline": "the database did not answer within the request's deadline",
+    "busy": "too many deliveries are waiting for the database",
+    "unavailable": "the database is unavailable",
+}
 
 
 class BodyTooLarge(Exception):
     """The request body exceeds MAX_BODY_BYTES."""
+
+
+class HostNotAllowed(Exception):
+    """The request names a host (Host, or a trusted proxy's X-Forwarded-Host) not allowed."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(host)
+        self.host = host[:100]
 
 
 async def receive_webhook(request: Request) -> Response:
@@ -45,6 +62,13 @@ async def receive_webhook(request: Request) -> Response:
     counted: WebhookMetrics = request.app.state.webhook_metrics
     limit = config.settings.max_body_bytes
     started = time.perf_counter()
+    try:
+        uri = _signed_uri(request, config)
+    except HostNotAllowed as exc:  # before the body and the signature: nothing to check
+        log.warning("webhook_rejected", extra={"reason": "host_not_allowed", "host": exc.host})
+        counted.rejected(421, "host_not_allowed", started)
+        reason = f"this service does not answer for {exc.host!r} (ALLOWED_HOSTS)"
+        return error_response(421, "host_not_allowed", reason)
     try:
         body = await _read_body(request, limit)
     except BodyTooLarge:
@@ -59,7 +83,7 @@ async def receive_webhook(request: Request) -> Response:
             headers=_headers(request),
             secrets=config.secrets,
             method=request.method,
-            uri=_signed_uri(request, config.settings.webhook_public_url, config.trusted),
+            uri=uri,
             body=body,
             now_ms=int(time.time() * 1000),
             tolerance_ms=config.settings.signature_tolerance_seconds * 1000,
@@ -75,18 +99,26 @@ async def receive_webhook(request: Request) -> Response:
         log.warning("webhook_rejected", extra={"reason": "invalid_body", "detail": str(exc)})
         counted.rejected(400, "invalid_body", started)
         return error_response(400, "invalid_body", str(exc))
+    store: DeliveryStore = request.app.state.store
     try:
-        result = await _record(request.app.state.pool, batch, check.version)
+        result = await store.record(batch, check.version, started=started)
     except STORAGE_ERRORS as exc:
+        why = deadline.cause(exc)
         log.error(
             "webhook_not_stored",
-            extra={"reason": type(exc).__name__, "events": len(batch.events)},
+            extra={
+                "reason": type(exc).__name__,
+                "cause": why,
+                "events": len(batch.events),
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+            },
         )
         counted.rejected(503, "storage_unavailable", started)
         return error_response(
             503,
             "storage_unavailable",
             "the events were not stored; retry later",
+            detail=_NOT_STORED[why],
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
     if result.stored:
@@ -118,20 +150,6 @@ async def wrong_path(request: Request) -> Response:
     return error_response(
         404, "not_found", f"the webhook path is {WEBHOOK_PATH}: HubSpot's target URL must end so"
     )
-
-
-async def _record(
-    pool: psycopg_pool.AsyncConnectionPool, batch: inbox.Batch, version: str
-) -> inbox.RecordResult:
-    """Record on a pooled autocommit connection; retry once if that connection had gone stale."""
-    try:
-        async with pool.connection() as connection:
-            return await inbox.record_delivery(connection, batch, signature_version=version)
-    except psycopg.OperationalError:
-        # A server restart leaves dead connections in the pool; the pool discards a broken one
-        # on return. Repeating is safe: ON CONFLICT stores nothing twice.
-        async with pool.connection() as connection:
-            return await inbox.record_delivery(connection, batch, signature_version=version)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -168,19 +186,65 @@ class TrustedProxies:
         return any(address in network for network in self.networks)
 
 
-def _signed_uri(request: Request, public_url: str | None, trusted: TrustedProxies) -> str:
-    """The URL HubSpot signed: the configured public URL, or this request's own raw URL."""
+class AllowedHosts:
+    """The hosts a request may name (ALLOWED_HOSTS): `name` with any port, `name:port` with
+    that port only, `*.name` any subdomain of name; when none is configured, any host."""
+
+    def __init__(self, entries: tuple[str, ...]) -> None:
+        self.entries = [_split_host(entry) for entry in entries]
+
+    def allows(self, host: str) -> bool:
+        """Whether a Host header value (`name[:port]`, `[v6]:port`) is allowed."""
+        if not self.entries:
+            return True
+        name, port = _split_host(host)
+        if not name:
+            return False
+        for pattern, wanted in self.entries:
+            if wanted is not None and port != wanted:
+                continue
+            if name == pattern or (pattern.startswith("*.") and name.endswith(pattern[1:])):
+                return True
+        return False
+
+
+def _split_host(host: str) -> tuple[str, str | None]:
+    """(name, port) of a host, lower case, IPv6 without brackets; ("", None) when malformed."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return "", None
+        return name, rest[1:] or None
+    if host.count(":") == 1:
+        name, _, port = host.partition(":")
+        return name.rstrip("."), port
+    return host.rstrip("."), None  # no port, or a bare IPv6 address (an ALLOWED_HOSTS entry)
+
+
+def _signed_uri(request: Request, config: Config) -> str:
+    """The URL HubSpot signed: the configured public URL, or this request's own raw URL.
+
+    Raises HostNotAllowed when the host the request names (Host, or the X-Forwarded-Host of a
+    trusted proxy) is not allowed.
+    """
     scope = request.scope
     query = scope.get("query_string", b"")
     raw_path = scope.get("raw_path") or scope["path"].encode()
     scheme = scope["scheme"]
     host = request.headers.get("host", "")
     client = scope.get("client")
-    if trusted.trusts(client[0] if client else None):
+    if config.trusted.trusts(client[0] if client else None):
         scheme = _first(request.headers.get("x-forwarded-proto")) or scheme
         host = _first(request.headers.get("x-forwarded-host")) or host
+    if not config.hosts.allows(host):
+        raise HostNotAllowed(host)
     return build_request_uri(
-        public_url=public_url, scheme=scheme, host=host, raw_path=raw_path, query_string=query
+        public_url=config.settings.webhook_public_url,
+        scheme=scheme,
+        host=host,
+        raw_path=raw_path,
+        query_string=query,
     )
 
 
