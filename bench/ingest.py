@@ -549,7 +549,7 @@ async def run_insert_loop(
 
 
 async def _connect_db(url: str) -> psycopg.AsyncConnection[Any]:
-    # The web pool's settings (service.db.create_web_pool): autocommit, 4 s statement timeout.
+    # As the web pool (service.web.deadline) connects: autocommit, a statement timeout.
     return await psycopg.AsyncConnection.connect(
         db.libpq_url(url),
         autocommit=True,
@@ -681,6 +681,7 @@ def service_env(database_url: str, secret: str) -> dict[str, str]:
     """The environment of `python -m service serve`: production settings but quiet logs."""
     env = {k: v for k, v in os.environ.items() if k not in ("WEBHOOK_PUBLIC_URL", "PORT")}
     env.update(DATABASE_URL=database_url, HUBSPOT_CLIENT_SECRET=secret, LOG_LEVEL="WARNING")
+    env.update(ALLOWED_HOSTS="127.0.0.1")  # no public URL: the signed URL is the local one
     return env
 
 

@@ -14,9 +14,9 @@ from service.devtools import receiver, send
 from service.hubspot.reconcile import OBJECT_TYPES
 from service.logs import configure_logging
 from service.models import INBOX_STATUSES
-from service.ops import arguments, commands, doctor
+from service.ops import arguments, commands, doctor, startup, tokenkeys
 from service.rules.language import RuleError
-from service.settings import WEBHOOK_PATH, Settings, SettingsError, dev_client_secret
+from service.settings import WEBHOOK_PATH, Settings, SettingsError
 from service.web import server
 from service.worker import process
 
@@ -36,7 +36,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.unconfigured is not None:  # a command that reports a bad configuration itself
         return int(args.unconfigured(args))
     try:
-        settings = Settings.from_env()
+        settings = startup.local_token_key(Settings.from_env())
         code: int = args.run(args, settings)
     except SettingsError as exc:
         print(f"hubspot-webhooks: configuration error: {exc}", file=sys.stderr)
@@ -61,6 +61,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             "DATABASE_URL is not set: `serve` needs a database (use `dev` for an embedded one)"
         )
     settings.require_client_secret()
+    startup.check_serve(settings)  # its host, and a public app's token key and redirect URL
     process.load_rules(settings)  # refuse to start with an invalid rules file
     server.run(settings, settings.database_url, args.host, args.port or settings.port)
     return 0
@@ -68,12 +69,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format or "console")
-    if not settings.client_secrets:
-        settings = settings.with_overrides(client_secrets=(dev_client_secret(settings.data_dir),))
     port = args.port or settings.port
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host  # noqa: S104
+    settings = startup.dev_settings(settings, host, port)
     with db.database_url_for(settings.database_url, settings.data_dir) as url:
         db.migrate(url)
-        host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host  # noqa: S104
         local = f"http://{host}:{port}{WEBHOOK_PATH}"
         public = settings.webhook_public_url or "(set WEBHOOK_PUBLIC_URL for ngrok)"
         print(
@@ -100,6 +100,7 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format or "json")
+    startup.check_worker(settings)  # a public app's token key
     if not args.drain:
         process.run(settings)
         return 0
@@ -144,6 +145,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.set_defaults(run=_worker)
 
     _operator_commands(sub)
+    keys = sub.add_parser("rotate-token-key", help="re-encrypt OAuth tokens with the first key")
+    tokenkeys.add_arguments(keys)
+    keys.set_defaults(run=lambda a, s: tokenkeys.rotate(s))
     doc = sub.add_parser("doctor", help="check configuration, database, HubSpot and workers")
     doc.add_argument("--json", action="store_true", help="print one JSON object")
     doc.add_argument("--self-test", action="store_true", help="POST a signed test event too")

@@ -158,6 +158,20 @@ hubspot_tokens = sa.Table(
     sa.PrimaryKeyConstraint("portal_id"),
 )
 
+# The OAuth installs in progress (service/hubspot/installs.py): each /oauth/install's state,
+# single-use, bound to the browser that asked by a cookie. Only hashes are kept. The one table
+# keyed without portal_id: the portal is unknown until HubSpot's callback names it.
+oauth_states = sa.Table(
+    "oauth_states",
+    metadata,
+    sa.Column("state_hash", sa.Text, nullable=False, comment="sha256 of the state, hex"),
+    sa.Column("browser_hash", sa.Text, nullable=False, comment="sha256 of the install cookie"),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    _now_column("created_at"),
+    sa.PrimaryKeyConstraint("state_hash"),
+    sa.Index("ix_oauth_states_expires_at", "expires_at"),
+)
+
 # Sliding-window rate limit state shared by every worker: the start times of the calls made in
 # the current window, per portal and bucket ("api", "search").
 rate_limits = sa.Table(

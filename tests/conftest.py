@@ -28,6 +28,7 @@ from tests.factories import (
     OUR_APP_ID,
     SLACK_PATH,
     TOKEN,
+    TOKEN_KEY,
     WEBHOOK_SECRET,
 )
 from tests.fake_hubspot import FakeHubSpot
@@ -157,6 +158,7 @@ def make_api(clean_db: str, engine: sa.Engine, fake: FakeHubSpot) -> MakeApi:
             private_token=token,
             client_id=fake.client_id,
             client_secret=fake.client_secret,
+            token_keys=(TOKEN_KEY,),
             sleep=sleep or Sleeps(),
         )
 

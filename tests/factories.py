@@ -33,6 +33,10 @@ CLIENT_SECRET = "test-client-secret-0123456789"  # HubSpot's signing secret in t
 WEBHOOK_URL = "http://testserver/webhooks/hubspot"  # the endpoint as Starlette's TestClient sees it
 METRICS_TOKEN = "test-metrics-token-0123456789"  # METRICS_TOKEN of the web tests that set one
 ADMIN_TOKEN = "test-admin-token-0123456789"  # ADMIN_TOKEN of the admin tests
+# TOKEN_ENCRYPTION_KEY of the tests (Fernet keys: 32 bytes in URL-safe base64), and a second one
+# to rotate to.
+TOKEN_KEY = base64.urlsafe_b64encode(b"key-1:tokens-at-rest-test-value!").decode()
+NEW_TOKEN_KEY = base64.urlsafe_b64encode(b"key-2:tokens-at-rest-test-value!").decode()
 
 # --- rules and their targets -----------------------------------------------------------------
 
@@ -200,6 +204,7 @@ def run_context(
     environ: Mapping[str, str] | None = None,
     slack_webhook_url: str | None = None,
     api: HubSpotApi | None = None,
+    attempt: int = 1,
 ) -> RunContext:
     """One attempt of one action run for PORTAL, as the act stage hands it to `execute`."""
     return RunContext(
@@ -211,6 +216,7 @@ def run_context(
         slack_webhook_url=slack_webhook_url,
         api=api,
         http=http,
+        attempt=attempt,
     )
 
 

@@ -27,6 +27,7 @@ OWNERS = {
     "crm_associations": "service/mirror/registers.py",
     "seen_properties": "service/mirror/registers.py",
     "hubspot_tokens": "service/hubspot/oauth.py",
+    "oauth_states": "service/hubspot/installs.py",
     "rate_limits": "service/hubspot/ratelimit.py",
     "hubspot_api_calls": "service/hubspot/client.py",
     "hubspot_api_call_minutes": "service/hubspot/client.py",

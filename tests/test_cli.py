@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from service import cli, db, heartbeats
-from tests.factories import CLIENT_SECRET, hs
+from tests.factories import CLIENT_SECRET, TOKEN_KEY, hs
 from tests.support import (
     EXAMPLE_RULES,
     INVALID_RULES,
@@ -44,6 +44,34 @@ from tests.support import (
             },
             "WEBHOOK_PUBLIC_URL",
         ),
+        # Neither says which host this is: the Host header alone would decide what is signed.
+        (
+            {"HUBSPOT_CLIENT_SECRET": CLIENT_SECRET, "DATABASE_URL": "postgres://x@h/d"},
+            "ALLOWED_HOSTS",
+        ),
+        (
+            {
+                "HUBSPOT_CLIENT_SECRET": CLIENT_SECRET,
+                "DATABASE_URL": "postgres://x@h/d",
+                "WEBHOOK_PUBLIC_URL": "https://hooks.example/webhooks/hubspot",
+                "HUBSPOT_CLIENT_ID": "client-id",
+            },
+            "TOKEN_ENCRYPTION_KEY",
+        ),
+        (
+            {
+                "HUBSPOT_CLIENT_SECRET": CLIENT_SECRET,
+                "DATABASE_URL": "postgres://x@h/d",
+                "ALLOWED_HOSTS": "hooks.example",
+                "HUBSPOT_CLIENT_ID": "client-id",
+                "TOKEN_ENCRYPTION_KEY": TOKEN_KEY,
+            },
+            "OAUTH_REDIRECT_URL",
+        ),
+        (
+            {"DATABASE_URL": "postgres://x@h/d", "TOKEN_ENCRYPTION_KEY": "not-a-key"},
+            "TOKEN_ENCRYPTION_KEY",
+        ),
     ],
 )
 def test_bad_configuration_stops_serve_with_one_line_and_exit_2(
@@ -55,6 +83,17 @@ def test_bad_configuration_stops_serve_with_one_line_and_exit_2(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert variable in lines[0]
+
+
+def test_a_public_app_worker_refuses_to_start_without_a_token_key(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": "postgres://x@h/d", "HUBSPOT_CLIENT_ID": "client-id"}
+
+    result = run_cli("worker", env={**env, "DATA_DIR": str(tmp_path)})
+
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "TOKEN_ENCRYPTION_KEY" in line
+    assert "rotate-token-key --generate" in line
 
 
 def test_migrate_command_upgrades_a_database_to_head(database_url: str, tmp_path: Path) -> None:
@@ -140,6 +179,7 @@ def test_the_service_refuses_to_start_with_an_invalid_rules_file(
     env = {
         "DATABASE_URL": database_url,
         "HUBSPOT_CLIENT_SECRET": CLIENT_SECRET,
+        "ALLOWED_HOSTS": "127.0.0.1",
         "RULES_FILE": str(INVALID_RULES),
         "DATA_DIR": str(tmp_path),
     }
@@ -332,6 +372,7 @@ def test_serve_says_how_many_rules_it_loaded_too(clean_db: str, tmp_path: Path) 
     env = {
         "DATABASE_URL": clean_db,
         "HUBSPOT_CLIENT_SECRET": CLIENT_SECRET,
+        "ALLOWED_HOSTS": "127.0.0.1",
         "RULES_FILE": str(EXAMPLE_RULES),
         "DATA_DIR": str(tmp_path),
     }

@@ -67,6 +67,7 @@ def server(clean_db: str, tmp_path: Path) -> Iterator[Server]:
         **base_env(tmp_path),
         "DATABASE_URL": clean_db,
         "HUBSPOT_CLIENT_SECRET": CLIENT_SECRET,
+        "ALLOWED_HOSTS": "127.0.0.1",  # the URL is rebuilt from the Host header it sends
         "LOG_LEVEL": "INFO",
     }
     log = tmp_path / "serve.log"

@@ -19,7 +19,9 @@ def test_defaults_need_no_environment() -> None:
     assert settings.port == 8000
     assert settings.max_body_bytes == 1024 * 1024
     assert settings.signature_tolerance_seconds == 300
-    assert settings.forwarded_allow_ips == ("127.0.0.1",)
+    assert settings.forwarded_allow_ips == ()  # no peer's X-Forwarded-* is believed
+    assert settings.allowed_hosts == ()
+    assert settings.token_encryption_keys == ()
     assert settings.accept_legacy_signatures is False
     assert settings.log_level == "INFO"
     assert settings.log_format is None
@@ -161,3 +163,21 @@ def test_alert_settings_are_read_with_a_lag_in_seconds_or_units() -> None:
 def test_an_alert_webhook_without_its_secret_is_named_in_one_line() -> None:
     with pytest.raises(SettingsError, match=r"^ALERT_WEBHOOK_SECRET is not set: [^\n]*$"):
         Settings.from_env({"ALERT_WEBHOOK_URL": "https://ops.example/alerts"})
+
+
+def test_on_render_the_external_url_is_the_public_origin_unless_one_is_set() -> None:
+    render = {"RENDER_EXTERNAL_URL": "https://hubspot-webhooks-web.onrender.com"}
+    public = "https://hooks.example/webhooks/hubspot"
+
+    derived = Settings.from_env(render)
+    explicit = Settings.from_env({**render, "WEBHOOK_PUBLIC_URL": public})
+
+    assert derived.webhook_public_url == (
+        "https://hubspot-webhooks-web.onrender.com/webhooks/hubspot"
+    )
+    assert explicit.webhook_public_url == public
+    assert derived.oauth_redirect_url is None
+    with pytest.raises(SettingsError, match="RENDER_EXTERNAL_URL"):
+        Settings.from_env({"RENDER_EXTERNAL_URL": "onrender.com"})
+    with pytest.raises(SettingsError, match="OAUTH_REDIRECT_URL"):
+        Settings.from_env({"OAUTH_REDIRECT_URL": "https://x.example/oauth/callback?a=1"})

@@ -1,17 +1,19 @@
 """OAuth for the public app: the only module that writes the `hubspot_tokens` table.
 
-It owns the install flow's pieces (the signed, expiring `state`, the consent page URL, trading
-an authorization code for tokens) and the portals' tokens kept in Postgres: handing out a valid
-access token, refreshing it 5 minutes before it expires (one refresh per portal at a time across
-processes, under a session-level advisory lock, so no transaction stays open across the call),
-marking a portal `needs_reinstall` when its refresh token stops working, and listing those
-portals. client.py asks it for tokens; it calls HubSpot's OAuth endpoints through sdk.py only.
+It owns the install's HubSpot side (the consent page URL, trading an authorization code for
+tokens; the single-use state is installs.py) and the portals' tokens kept in Postgres, sealed
+with TOKEN_ENCRYPTION_KEY (sealing.py): handing out a valid access token, refreshing it 5
+minutes before it expires (one refresh per portal at a time across processes, under a
+session-level advisory lock, so no transaction stays open across the call), marking a portal
+`needs_reinstall` when its refresh token stops working, listing those portals, and re-sealing
+every row with the first key (`rotate-token-key`). Rows stored in plaintext before encryption
+are read as they are, with a warning once per portal, and sealed by their next refresh or by
+`rotate-token-key`. client.py asks it for tokens; it calls HubSpot's OAuth endpoints through
+sdk.py only.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,13 +35,13 @@ from service.hubspot.sdk import (
     sdk_client,
     status_of,
 )
+from service.hubspot.sealing import NoKey, TokenCipher, WrongKey, is_sealed
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 REFRESH_MARGIN = timedelta(minutes=5)
 AUTHORIZE_URL = "https://app.hubspot.com/oauth/authorize"
-STATE_TTL_SECONDS = 600
 _REFRESH_LOCK = 0x48_53_57_48_02  # advisory lock namespace for token refreshes
 
 
@@ -49,6 +51,10 @@ class NeedsReinstall(HubSpotError):
 
 class NoToken(HubSpotError):
     """No access token for this portal: no private app token and no OAuth install."""
+
+
+class TokenKeyError(HubSpotError):
+    """OAuth tokens cannot be sealed or opened: TOKEN_ENCRYPTION_KEY is unset or lacks their key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,35 +67,6 @@ class Tokens:
 
 
 # --- the install flow ------------------------------------------------------------------------
-
-
-class InvalidState(Exception):
-    """An OAuth `state` that this service did not issue, or issued too long ago."""
-
-
-def sign_state(secret: str, *, now: float, nonce: str) -> str:
-    """An expiring OAuth state: `<expires>.<nonce>.<hmac>`, bound to the client secret."""
-    expires = str(int(now) + STATE_TTL_SECONDS)
-    mac = hmac.new(secret.encode(), f"{expires}.{nonce}".encode(), hashlib.sha256).hexdigest()
-    return f"{expires}.{nonce}.{mac}"
-
-
-def check_state(secrets: Sequence[str], state: str, *, now: float) -> None:
-    """Raise InvalidState unless `state` came from sign_state with one of `secrets` and is fresh."""
-    expires, _, rest = state.partition(".")
-    nonce, _, mac = rest.rpartition(".")
-    if not expires.isdigit() or not nonce or not mac:
-        raise InvalidState("malformed state")
-    matched = False
-    for secret in secrets:
-        expected = hmac.new(
-            secret.encode(), f"{expires}.{nonce}".encode(), hashlib.sha256
-        ).hexdigest()
-        matched |= hmac.compare_digest(expected.encode(), mac.encode())
-    if not matched:
-        raise InvalidState("state was not issued by this service")
-    if int(expires) < now:
-        raise InvalidState("state expired; start the install again")
 
 
 def authorize_url(*, client_id: str, redirect_uri: str, scopes: Sequence[str], state: str) -> str:
@@ -124,6 +101,7 @@ class TokenStore:
     base_url: str
     client_id: str | None = None
     client_secret: str | None = None
+    cipher: TokenCipher = field(default_factory=lambda: TokenCipher(()), repr=False)
     _sdk: _OAuthSdk | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -134,6 +112,7 @@ class TokenStore:
             base_url=settings.api_base_url,
             client_id=settings.client_id,
             client_secret=settings.client_secrets[0] if settings.client_secrets else None,
+            cipher=TokenCipher(settings.token_encryption_keys),
         )
 
     @property
@@ -161,11 +140,21 @@ class TokenStore:
         return self.refresh(portal_id)
 
     def _token_row(self, portal_id: int, connection: sa.Connection | None = None) -> Any:
+        """The portal's row with its tokens opened (None: not installed)."""
         query = sa.text("SELECT * FROM hubspot_tokens WHERE portal_id = :p")
         if connection is not None:
-            return connection.execute(query, {"p": portal_id}).first()
-        with self.engine.connect() as own:
-            return own.execute(query, {"p": portal_id}).first()
+            row = connection.execute(query, {"p": portal_id}).first()
+        else:
+            with self.engine.connect() as own:
+                row = own.execute(query, {"p": portal_id}).first()
+        if row is None:
+            return None
+        return _Stored(
+            access_token=_open(self.cipher, portal_id, str(row.access_token)),
+            refresh_token=_open(self.cipher, portal_id, str(row.refresh_token)),
+            expires_at=row.expires_at,
+            needs_reinstall=row.needs_reinstall,
+        )
 
     def refresh(self, portal_id: int, *, force: bool = False) -> str:
         """Refresh the portal's OAuth tokens; one process at a time per portal."""
@@ -181,6 +170,8 @@ class TokenStore:
             fresh = row.expires_at - REFRESH_MARGIN > utcnow()
             if fresh and not force:
                 return str(row.access_token)
+            if not self.cipher.can_seal:  # a refreshed token that cannot be stored is lost
+                raise TokenKeyError("TOKEN_ENCRYPTION_KEY is not set: tokens cannot be stored")
             try:
                 tokens = self._grant(
                     grant_type="refresh_token", refresh_token=str(row.refresh_token)
@@ -192,7 +183,7 @@ class TokenStore:
                 raise NeedsReinstall(
                     f"refreshing portal {portal_id}'s token failed: {exc}"
                 ) from None
-            save_tokens(connection, portal_id, tokens)
+            save_tokens(connection, portal_id, tokens, cipher=self.cipher)
             log.info("hubspot_token_refreshed", extra={"portal_id": portal_id})
             return tokens.access_token
 
@@ -254,24 +245,60 @@ class TokenStore:
     def install(self, code: str, redirect_uri: str) -> int:
         """The install's last step: trade the code for tokens and store them; the portal id.
 
-        Raises HubSpotError (storing nothing) when HubSpot does not accept the code.
+        Raises HubSpotError (storing nothing) when HubSpot does not accept the code, and
+        TokenKeyError (before asking HubSpot) when there is no key to seal the tokens with.
         """
+        if not self.cipher.can_seal:
+            raise TokenKeyError("TOKEN_ENCRYPTION_KEY is not set: tokens cannot be stored")
         portal_id, tokens, scopes = self.exchange_code(code, redirect_uri)
-        save_tokens(self.engine, portal_id, tokens, scopes)
+        save_tokens(self.engine, portal_id, tokens, scopes, cipher=self.cipher)
         return portal_id
 
 
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """A hubspot_tokens row with its tokens opened."""
+
+    access_token: str
+    refresh_token: str
+    expires_at: datetime
+    needs_reinstall: bool
+
+
+def _open(cipher: TokenCipher, portal_id: int, stored: str) -> str:
+    if not is_sealed(stored) and portal_id not in cipher.warned_plaintext:
+        cipher.warned_plaintext.add(portal_id)
+        log.warning(
+            "hubspot_token_not_encrypted",
+            extra={"portal_id": portal_id, "fix": "run `hubspot-webhooks rotate-token-key`"},
+        )
+    try:
+        return cipher.open(stored)
+    except (NoKey, WrongKey) as exc:
+        raise TokenKeyError(f"portal {portal_id}'s OAuth tokens: {exc}") from None
+
+
 def save_tokens(
-    bind: sa.Engine | sa.Connection, portal_id: int, tokens: Tokens, scopes: str | None = None
+    bind: sa.Engine | sa.Connection,
+    portal_id: int,
+    tokens: Tokens,
+    scopes: str | None = None,
+    *,
+    cipher: TokenCipher,
 ) -> None:
-    """Store a portal's OAuth tokens (an install, or a refresh); clears needs_reinstall.
+    """Store a portal's OAuth tokens sealed with `cipher`'s first key (an install, or a
+    refresh); clears needs_reinstall.
 
     Given an engine, in a transaction of its own; given a connection, on it (autocommit).
     """
     if isinstance(bind, sa.Engine):
         with bind.begin() as connection:
-            save_tokens(connection, portal_id, tokens, scopes)
+            save_tokens(connection, portal_id, tokens, scopes, cipher=cipher)
         return
+    try:
+        access, refresh = cipher.seal(tokens.access_token), cipher.seal(tokens.refresh_token)
+    except NoKey as exc:
+        raise TokenKeyError(str(exc)) from None
     bind.execute(
         sa.text(
             """
@@ -288,13 +315,7 @@ def save_tokens(
                 updated_at = now()
             """
         ),
-        {
-            "p": portal_id,
-            "a": tokens.access_token,
-            "r": tokens.refresh_token,
-            "x": tokens.expires_at,
-            "s": scopes,
-        },
+        {"p": portal_id, "a": access, "r": refresh, "x": tokens.expires_at, "s": scopes},
     )
 
 
@@ -317,3 +338,76 @@ def portals_needing_reinstall(engine: sa.Engine) -> list[int]:
                 sa.text("SELECT portal_id FROM hubspot_tokens WHERE needs_reinstall ORDER BY 1")
             )
         )
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+_STORED_ROWS = "SELECT portal_id, access_token, refresh_token FROM hubspot_tokens ORDER BY 1"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUse:
+    """Which key opens each portal's stored tokens: the first, an older one, none of them, or
+    no key at all (plaintext, stored before encryption)."""
+
+    first: list[int] = field(default_factory=list)
+    older: list[int] = field(default_factory=list)
+    plaintext: list[int] = field(default_factory=list)
+    unreadable: list[int] = field(default_factory=list)
+
+    def add(self, cipher: TokenCipher, portal_id: int, *stored: str) -> None:
+        """Count one portal's stored tokens."""
+        if not all(is_sealed(value) for value in stored):
+            self.plaintext.append(portal_id)
+            return
+        keys = {cipher.key_index(value) for value in stored}
+        if None in keys:
+            self.unreadable.append(portal_id)
+        else:
+            (self.first if keys == {0} else self.older).append(portal_id)
+
+
+def key_use(engine: sa.Engine, cipher: TokenCipher) -> KeyUse:
+    """How the stored tokens are sealed (for `doctor`)."""
+    use = KeyUse()
+    with engine.connect() as connection:
+        for row in connection.execute(sa.text(_STORED_ROWS)):
+            use.add(cipher, row.portal_id, row.access_token, row.refresh_token)
+    return use
+
+
+def reseal_tokens(engine: sa.Engine, cipher: TokenCipher) -> KeyUse:
+    """Seal every portal's tokens with the first key, plaintext rows included, in one
+    transaction; returns how they were sealed before. Raises TokenKeyError, changing nothing,
+    when no key is configured or a row opens with none of the keys.
+
+    The rows stay locked until the commit, so a refresh meanwhile waits and writes after.
+    """
+    if not cipher.can_seal:
+        raise TokenKeyError("TOKEN_ENCRYPTION_KEY is not set: there is no key to seal with")
+    before = KeyUse()
+    with engine.begin() as connection:
+        rows = connection.execute(sa.text(_STORED_ROWS + " FOR UPDATE")).all()
+        for row in rows:
+            before.add(cipher, row.portal_id, row.access_token, row.refresh_token)
+        if before.unreadable:
+            raise TokenKeyError(
+                "no TOKEN_ENCRYPTION_KEY key opens the tokens of portals "
+                + ", ".join(map(str, before.unreadable))
+            )
+        if rows:
+            connection.execute(
+                sa.text(
+                    "UPDATE hubspot_tokens SET access_token = :a, refresh_token = :r"
+                    " WHERE portal_id = :p"
+                ),
+                [
+                    {
+                        "p": row.portal_id,
+                        "a": cipher.reseal(row.access_token),
+                        "r": cipher.reseal(row.refresh_token),
+                    }
+                    for row in rows
+                ],
+            )
+    return before

@@ -1,8 +1,9 @@
 """`hubspot-webhooks doctor`: check a deployment from end to end, one line per check with its fix.
 
 The checks, in order: configuration (Settings loads), database reachable, schema at the
-migration head, client secret shaped like one, WEBHOOK_PUBLIC_URL, the HubSpot token (one cheap
-call: HubSpot's token info) and its read scopes for the object types in the inbox, the rules
+migration head, client secret shaped like one, WEBHOOK_PUBLIC_URL, for a public app (or stored
+OAuth tokens) the TOKEN_ENCRYPTION_KEY that seals them, the HubSpot token (one cheap call:
+HubSpot's token info) and its read scopes for the object types in the inbox, the rules
 file, deal pipelines (when a rule names deal stages), a live worker; with `--self-test`, a signed
 test event POSTed to WEBHOOK_PUBLIC_URL that must reach this database (selftest.py). Secrets
 and tokens are never printed: only whether they are set and what they look like.
@@ -23,6 +24,8 @@ from service import db, heartbeats
 from service.events import CLASSIC_TYPES, SELF_TEST_TYPE, is_mirrored, object_type_from_id
 from service.hubspot import client
 from service.hubspot.client import HubSpotError, HubSpotUnavailable
+from service.hubspot.oauth import TokenKeyError, key_use
+from service.hubspot.sealing import TokenCipher
 from service.hubspot.tokeninfo import TokenInfo, token_info
 from service.ops.checks import Check, Status
 from service.ops.selftest import SELF_TEST_SECONDS, check_self_test
@@ -91,11 +94,13 @@ def _checks(
     usable = reachable.status == "ok" and "not migrated" not in schema.detail
     token, infos = check_token(settings, engine if usable else None)
     rules, rules_check = check_rules(settings)
+    keys = check_token_key(settings, engine if usable else None)
     checks = [
         reachable,
         schema,
         check_client_secret(settings),
         check_public_url(settings),
+        *([keys] if keys is not None else []),
         token,
         check_scopes(settings, engine, infos) if usable else _skipped("hubspot scopes"),
         rules_check,
@@ -134,7 +139,7 @@ def check_database(engine: sa.Engine, where: str) -> Check:
 
 
 def check_schema(engine: sa.Engine) -> Check:
-    """alembic_version holds the head of this version's migration history."""
+    """alembic_version holds the head of this version's migration history (or a newer one)."""
     head = db.migration_head()
     try:
         with engine.connect() as connection:
@@ -143,12 +148,21 @@ def check_schema(engine: sa.Engine) -> Check:
         current = None
     if current is None:
         return Check("database schema", "fail", "not migrated", "run `hubspot-webhooks migrate`")
-    if current != head:
+    if current != head and current in db.migration_history():
         return Check(
             "database schema",
             "fail",
-            f"at revision {current}, this version's head is {head}",
-            "run `hubspot-webhooks migrate` (if the database is newer, deploy the newer service)",
+            f"at revision {current}, behind this version's head {head}",
+            "run `hubspot-webhooks migrate`",
+        )
+    if current != head:
+        # As /readyz: revisions are only added, so one this code does not know is newer (a
+        # rolling deploy in progress, or this instance is an old one).
+        return Check(
+            "database schema",
+            "warn",
+            f"at revision {current}, newer than this version's head {head}",
+            "deploy the newer service everywhere (expand, deploy, contract: see Upgrading)",
         )
     return Check("database schema", "ok", f"migrated to head ({head})")
 
@@ -209,6 +223,35 @@ def check_public_url(settings: Settings) -> Check:
     return Check(name, "ok", f"{url}")
 
 
+def check_token_key(settings: Settings, engine: sa.Engine | None) -> Check | None:
+    """TOKEN_ENCRYPTION_KEY is set for a public app and opens every stored token with its first
+    key; None (no line) for a private app with no OAuth tokens stored."""
+    name = "token encryption"
+    use = key_use(engine, TokenCipher(settings.token_encryption_keys)) if engine else None
+    stored = use is not None and any((use.first, use.older, use.plaintext, use.unreadable))
+    if settings.client_id is None and not stored:
+        return None
+    if not settings.token_encryption_keys:
+        fix = (
+            "set TOKEN_ENCRYPTION_KEY to what `hubspot-webhooks rotate-token-key --generate` prints"
+        )
+        return Check(
+            name, "fail", "TOKEN_ENCRYPTION_KEY is not set: OAuth tokens cannot be kept", fix
+        )
+    if use is None:
+        return _skipped(name)
+    if use.unreadable:
+        portals = ", ".join(map(str, use.unreadable))
+        fix = "add the key they were encrypted with to TOKEN_ENCRYPTION_KEY, after the first"
+        return Check(name, "fail", f"no key opens the tokens of portals {portals}", fix)
+    if use.plaintext or use.older:
+        detail = f"{len(use.plaintext)} portal(s) unencrypted, {len(use.older)} on an older key"
+        return Check(name, "warn", detail, "run `hubspot-webhooks rotate-token-key`")
+    return Check(
+        name, "ok", f"OAuth tokens of {len(use.first)} portal(s) sealed with the first key"
+    )
+
+
 def check_token(settings: Settings, engine: sa.Engine | None) -> tuple[Check, dict[int, TokenInfo]]:
     """The private app token (or each installed portal's OAuth token) works: its token info."""
     name = "hubspot token"
@@ -264,6 +307,8 @@ def _oauth_tokens(settings: Settings, engine: sa.Engine) -> tuple[Check, dict[in
     for row in rows:
         try:
             infos[row.portal_id] = token_info(settings.api_base_url, store.token_for(row.portal_id))
+        except TokenKeyError as exc:
+            return Check(name, "fail", str(exc), "see the token encryption check"), {}
         except HubSpotError as exc:
             return _token_refused(name, exc, f"portal {row.portal_id}"), {}
     return Check(name, "ok", f"OAuth tokens work for {len(infos)} portal(s)"), infos

@@ -93,7 +93,8 @@ class Settings:
     client_secrets: tuple[str, ...] = field(default=(), repr=False)
     access_token: str | None = field(default=None, repr=False)
     client_id: str | None = None
-    webhook_public_url: str | None = None
+    webhook_public_url: str | None = None  # WEBHOOK_PUBLIC_URL, else Render's external URL
+    oauth_redirect_url: str | None = None  # None: beside webhook_public_url (installs.py)
     api_base_url: str = DEFAULT_API_BASE_URL
     port: int = 8000
     admin_token: str | None = field(default=None, repr=False)
@@ -104,7 +105,7 @@ class Settings:
     log_format: str | None = None  # None: json for serve/worker, console for dev
     max_body_bytes: int = 1024 * 1024
     signature_tolerance_seconds: int = 300
-    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1",)
+    forwarded_allow_ips: tuple[str, ...] = ()  # nobody's X-Forwarded-*; `dev` adds 127.0.0.1
     accept_legacy_signatures: bool = False
     db_pool_size: int = 10
     worker_batch_size: int = 500
@@ -149,7 +150,9 @@ class Settings:
             client_secrets=r.get("HUBSPOT_CLIENT_SECRET", values.secrets) or (),
             access_token=r.get("HUBSPOT_ACCESS_TOKEN", str),
             client_id=r.get("HUBSPOT_CLIENT_ID", str),
-            webhook_public_url=r.get("WEBHOOK_PUBLIC_URL", values.public_url),
+            webhook_public_url=r.get("WEBHOOK_PUBLIC_URL", values.public_url)
+            or _render_public_url(r),
+            oauth_redirect_url=r.get("OAUTH_REDIRECT_URL", values.public_url),
             api_base_url=r.get("HUBSPOT_API_BASE_URL", values.base_url) or DEFAULT_API_BASE_URL,
             port=r.get("PORT", port_number) or 8000,
             admin_token=r.get("ADMIN_TOKEN", values.admin_token),
@@ -164,7 +167,7 @@ class Settings:
                 "SIGNATURE_TOLERANCE_SECONDS", values.int_range(1, 3600)
             )
             or 300,
-            forwarded_allow_ips=r.get("FORWARDED_ALLOW_IPS", values.ip_list) or ("127.0.0.1",),
+            forwarded_allow_ips=r.get("FORWARDED_ALLOW_IPS", values.ip_list) or (),
             accept_legacy_signatures=r.get("ACCEPT_LEGACY_SIGNATURES", values.boolean) or False,
             db_pool_size=r.get("DATABASE_POOL_SIZE", values.int_range(1, 200)) or 10,
             worker_batch_size=r.get("WORKER_BATCH_SIZE", values.int_range(1, 10_000)) or 500,
@@ -231,6 +234,13 @@ class _Reader:
             raise SettingsError(f"{name} is invalid: {exc}") from None
 
 
+def _render_public_url(r: _Reader) -> str | None:
+    """Render sets RENDER_EXTERNAL_URL (https://<service>.onrender.com) on every web service:
+    platform configuration, not request input, so it can stand in for WEBHOOK_PUBLIC_URL."""
+    origin = r.get("RENDER_EXTERNAL_URL", values.base_url)
+    return None if origin is None else origin + WEBHOOK_PATH
+
+
 def _alert_secret(r: _Reader, env: Mapping[str, str]) -> str | None:
     """ALERT_WEBHOOK_SECRET: one or more whsec_ secrets; required with ALERT_WEBHOOK_URL."""
     secret = r.get("ALERT_WEBHOOK_SECRET", values.whsec)
@@ -252,14 +262,22 @@ def dev_client_secret(data_dir: Path, *, create: bool = True) -> str | None:
 
     None when the file does not exist and `create` is false.
     """
-    path = data_dir / DEV_SECRET_FILE
+    return dev_value(data_dir, DEV_SECRET_FILE, lambda: token_urlsafe(32), create=create)
+
+
+def dev_value(
+    data_dir: Path, file_name: str, make: Callable[[], str], *, create: bool = True
+) -> str | None:
+    """A secret `dev` keeps in DATA_DIR/`file_name` (mode 0600, never printed), made with
+    `make` the first time. None when the file does not exist and `create` is false."""
+    path = data_dir / file_name
     if path.is_file():
         return path.read_text().strip()
     if not create:
         return None
     data_dir.mkdir(parents=True, exist_ok=True)
-    secret = token_urlsafe(32)
+    value = make()
     path.touch(mode=0o600)
-    path.write_text(secret)
-    log.info("dev_client_secret_created", extra={"path": str(path)})
-    return secret
+    path.write_text(value)
+    log.info("dev_secret_created", extra={"path": str(path)})
+    return value

@@ -36,6 +36,7 @@ KNOWN_ANSWERS = (
     ("401", "bad_signature"),
     ("401", "stale_timestamp"),
     ("413", "body_too_large"),
+    ("421", "host_not_allowed"),
     ("503", "storage_unavailable"),
 )
 
@@ -72,7 +73,7 @@ class WebhookMetrics:
             self.deliveries.labels(code, reason)
 
     def rejected(self, code: int, reason: str, started: float) -> None:
-        """The route answered `code` (400, 401, 413, 503) for `reason`."""
+        """The route answered `code` (400, 401, 413, 421, 503) for `reason`."""
         self.deliveries.labels(str(code), reason).inc()
         self.ack.observe(time.perf_counter() - started)
 

@@ -1,12 +1,15 @@
-"""service.hubspot.oauth: the install's signed state, and the token store: tokens used until
-five minutes before they expire, refreshed once across processes, and portals that must install
-again. Against the fake HubSpot's OAuth and a real Postgres."""
+"""service.hubspot.oauth: the token store: tokens sealed at rest with TOKEN_ENCRYPTION_KEY
+(plaintext rows from before read until resealed), used until five minutes before they expire,
+refreshed once across processes, and portals that must install again. Against the fake
+HubSpot's OAuth and a real Postgres."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,24 +24,38 @@ from service.hubspot.client import (
     NoToken,
 )
 from service.hubspot.oauth import (
-    STATE_TTL_SECONDS,
-    InvalidState,
-    check_state,
+    KeyUse,
+    TokenKeyError,
+    Tokens,
+    TokenStore,
+    key_use,
     portals_needing_reinstall,
-    sign_state,
+    reseal_tokens,
+    save_tokens,
 )
-from tests.factories import OTHER_PORTAL, PORTAL
+from service.hubspot.sealing import TokenCipher, generate_key
+from tests.factories import NEW_TOKEN_KEY, OTHER_PORTAL, PORTAL, TOKEN_KEY
 from tests.fake_hubspot import FakeHubSpot
 from tests.support import InstallTokens, MakeApi
 
 BATCH_READ = "/crm/v3/objects/contacts/batch/read"
+CIPHER = TokenCipher((TOKEN_KEY,))
 
 
-def token_row(engine: sa.Engine, portal_id: int) -> Any:
+def raw_row(engine: sa.Engine, portal_id: int) -> Any:
+    """The portal's hubspot_tokens row as stored."""
     with engine.connect() as connection:
         return connection.execute(
             sa.text("SELECT * FROM hubspot_tokens WHERE portal_id = :p"), {"p": portal_id}
         ).one()
+
+
+def token_row(engine: sa.Engine, portal_id: int) -> Any:
+    """The portal's hubspot_tokens row with its tokens opened with the tests' key."""
+    row = raw_row(engine, portal_id)._asdict()
+    for column in ("access_token", "refresh_token"):
+        row[column] = CIPHER.open(row[column])
+    return SimpleNamespace(**row)
 
 
 def set_expiry(engine: sa.Engine, portal_id: int, expires_in: timedelta) -> None:
@@ -49,24 +66,132 @@ def set_expiry(engine: sa.Engine, portal_id: int, expires_in: timedelta) -> None
         )
 
 
-# --- state -----------------------------------------------------------------------------------
+def store_plaintext(engine: sa.Engine, portal_id: int, tokens: tuple[str, str]) -> None:
+    """A row as this service stored it before tokens were encrypted."""
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO hubspot_tokens (portal_id, access_token, refresh_token, expires_at)"
+                " VALUES (:p, :a, :r, now() + interval '1 hour')"
+            ),
+            {"p": portal_id, "a": tokens[0], "r": tokens[1]},
+        )
 
 
-def test_state_is_signed_expiring_and_checked_against_every_secret() -> None:
-    now = 1_800_000_000.0
-    state = sign_state("old-secret", now=now, nonce="abc")
+def store_without_key(engine: sa.Engine, fake: FakeHubSpot) -> TokenStore:
+    return TokenStore(
+        engine=engine,
+        base_url=fake.url,
+        client_id=fake.client_id,
+        client_secret=fake.client_secret,
+        cipher=TokenCipher(()),
+    )
 
-    check_state(["new-secret", "old-secret"], state, now=now + STATE_TTL_SECONDS)
-    with pytest.raises(InvalidState, match="expired"):
-        check_state(["old-secret"], state, now=now + STATE_TTL_SECONDS + 1)
-    with pytest.raises(InvalidState, match="not issued"):
-        check_state(["new-secret"], state, now=now)
-    expires, nonce, mac = state.split(".")
-    with pytest.raises(InvalidState, match="not issued"):
-        check_state(["old-secret"], f"{int(expires) + 600}.{nonce}.{mac}", now=now)
-    for malformed in ("", "..", "x.abc.def", f"{expires}..{mac}", f"{expires}.{nonce}."):
-        with pytest.raises(InvalidState, match="malformed"):
-            check_state(["old-secret"], malformed, now=now)
+
+# --- at rest ---------------------------------------------------------------------------------
+
+
+def test_tokens_are_sealed_at_rest_and_opened_for_calls(
+    clean_db: str,
+    engine: sa.Engine,
+    fake: FakeHubSpot,
+    make_api: MakeApi,
+    install_tokens: InstallTokens,
+) -> None:
+    tokens = install_tokens(PORTAL, expires_in=timedelta(minutes=4))  # due for a refresh
+    stored = raw_row(engine, PORTAL)
+    assert stored.access_token.startswith("fernet:")
+    assert tokens.access_token not in stored.access_token
+    assert tokens.refresh_token not in stored.refresh_token
+    api = make_api(token=None)
+
+    records, _ = api.batch_read(PORTAL, "contacts", [101], ["email"])
+
+    assert [r.id for r in records] == [101]
+    assert fake.refresh_count == 1
+    refreshed = raw_row(engine, PORTAL)  # the refresh stores sealed tokens too
+    assert refreshed.access_token.startswith("fernet:")
+    assert api.token_for(PORTAL) not in refreshed.access_token
+    assert CIPHER.open(refreshed.access_token) == api.token_for(PORTAL)
+
+
+def test_a_row_stored_before_encryption_is_read_with_one_warning_and_sealed_by_its_refresh(
+    clean_db: str,
+    engine: sa.Engine,
+    fake: FakeHubSpot,
+    make_api: MakeApi,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    access, refresh = fake.issue_tokens(PORTAL)
+    store_plaintext(engine, PORTAL, (access, refresh))
+    api = make_api(token=None)
+
+    with caplog.at_level(logging.WARNING, logger="service.hubspot.oauth"):
+        assert api.token_for(PORTAL) == access
+        assert api.token_for(PORTAL) == access
+
+    warnings = [r for r in caplog.records if r.getMessage() == "hubspot_token_not_encrypted"]
+    assert len(warnings) == 1
+    assert warnings[0].__dict__["portal_id"] == PORTAL
+    assert access not in caplog.text
+    set_expiry(engine, PORTAL, timedelta(minutes=1))
+    fresh = api.token_for(PORTAL)
+    assert raw_row(engine, PORTAL).access_token.startswith("fernet:")
+    assert token_row(engine, PORTAL).access_token == fresh
+
+
+def test_without_the_right_key_tokens_are_neither_stored_nor_opened(
+    clean_db: str,
+    engine: sa.Engine,
+    fake: FakeHubSpot,
+    install_tokens: InstallTokens,
+) -> None:
+    install_tokens(PORTAL, expires_in=timedelta(minutes=30))
+    no_key = store_without_key(engine, fake)
+    wrong_key = TokenStore(engine=engine, base_url=fake.url, cipher=TokenCipher((NEW_TOKEN_KEY,)))
+    unsealed = Tokens("access", "refresh", db.utcnow() + timedelta(hours=1))
+
+    with pytest.raises(TokenKeyError, match="TOKEN_ENCRYPTION_KEY is not set"):
+        no_key.token_for(PORTAL)
+    with pytest.raises(TokenKeyError, match="no TOKEN_ENCRYPTION_KEY key opens"):
+        wrong_key.token_for(PORTAL)
+    with pytest.raises(TokenKeyError, match="TOKEN_ENCRYPTION_KEY is not set"):
+        save_tokens(engine, OTHER_PORTAL, unsealed, cipher=TokenCipher(()))
+    with pytest.raises(TokenKeyError, match="TOKEN_ENCRYPTION_KEY is not set"):
+        no_key.install(fake.issue_code(OTHER_PORTAL), "http://127.0.0.1/oauth/callback")
+
+    assert fake.count("/oauth/v1/token") == 0  # refused before the code was spent
+    with engine.connect() as connection:
+        assert connection.scalar(sa.text("SELECT count(*) FROM hubspot_tokens")) == 1
+
+
+def test_resealing_moves_every_row_to_the_first_key_or_changes_nothing(
+    clean_db: str, engine: sa.Engine, fake: FakeHubSpot, install_tokens: InstallTokens
+) -> None:
+    old = install_tokens(PORTAL, expires_in=timedelta(minutes=30))  # sealed with TOKEN_KEY
+    store_plaintext(engine, OTHER_PORTAL, fake.issue_tokens(OTHER_PORTAL))
+    rotating = TokenCipher((NEW_TOKEN_KEY, TOKEN_KEY))
+    assert key_use(engine, rotating) == KeyUse(older=[PORTAL], plaintext=[OTHER_PORTAL])
+
+    before = reseal_tokens(engine, rotating)
+
+    assert before == KeyUse(older=[PORTAL], plaintext=[OTHER_PORTAL])
+    new_only = TokenCipher((NEW_TOKEN_KEY,))
+    assert key_use(engine, new_only) == KeyUse(first=[PORTAL, OTHER_PORTAL])
+    assert new_only.open(raw_row(engine, PORTAL).access_token) == old.access_token
+    assert reseal_tokens(engine, rotating) == KeyUse(first=[PORTAL, OTHER_PORTAL])
+
+    # A row none of the keys opens: nothing is changed, the portal is named.
+    third = TokenCipher((generate_key(),))
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE hubspot_tokens SET access_token = :a WHERE portal_id = :p"),
+            {"a": third.seal("x"), "p": OTHER_PORTAL},
+        )
+    kept = raw_row(engine, PORTAL).access_token
+    with pytest.raises(TokenKeyError, match=f"portals {OTHER_PORTAL}$"):
+        reseal_tokens(engine, TokenCipher((TOKEN_KEY, NEW_TOKEN_KEY)))
+    assert raw_row(engine, PORTAL).access_token == kept
 
 
 # --- tokens ----------------------------------------------------------------------------------

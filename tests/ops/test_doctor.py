@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,16 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from service import heartbeats
+from service import db, heartbeats
 from service.events import SELF_TEST_TYPE, Event
+from service.hubspot.oauth import Tokens, save_tokens
+from service.hubspot.sealing import TokenCipher, generate_key
 from service.ops import doctor
 from service.ops.checks import Check
 from service.ops.selftest import check_self_test
 from service.rules.registry import Registry
 from service.settings import Settings
-from tests.factories import PORTAL, change, hs
+from tests.factories import NEW_TOKEN_KEY, PORTAL, TOKEN_KEY, change, hs
 from tests.fake_hubspot import FakeHubSpot
 from tests.support import MakeHarness, free_port, store_events
 
@@ -171,25 +174,43 @@ def test_an_unmigrated_database_says_run_migrate(
     assert named["worker"].status == "warn"
 
 
-def test_a_database_behind_the_head_says_run_migrate(ready: dict[str, str]) -> None:
-    check = by_name(doctor.run_checks(ready))["database schema"]
-    assert check.status == "ok"
+def schema_check_at(ready: dict[str, str], revision: str) -> tuple[Check, str]:
+    """doctor's schema check with alembic_version set to `revision`; and the real head."""
     settings = Settings.from_env(ready)
     assert settings.database_url is not None
     engine = sa.create_engine(settings.database_url)
     with engine.begin() as connection:
         head = connection.scalar(sa.text("SELECT version_num FROM alembic_version"))
-        connection.execute(sa.text("UPDATE alembic_version SET version_num = '0001'"))
+        connection.execute(sa.text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
     try:
-        check = by_name(doctor.run_checks(ready))["database schema"]
+        return by_name(doctor.run_checks(ready))["database schema"], head
     finally:
         with engine.begin() as connection:
             connection.execute(sa.text("UPDATE alembic_version SET version_num = :h"), {"h": head})
         engine.dispose()
 
+
+def test_a_database_behind_the_head_says_run_migrate(ready: dict[str, str]) -> None:
+    assert by_name(doctor.run_checks(ready))["database schema"].status == "ok"
+
+    check, head = schema_check_at(ready, "0001")
+
     assert check.status == "fail"
-    assert check.detail == f"at revision 0001, this version's head is {head}"
+    assert check.detail == f"at revision 0001, behind this version's head {head}"
     assert "hubspot-webhooks migrate" in check.fix
+
+
+def test_a_database_newer_than_the_code_is_a_warning_as_readyz_is_ready(
+    ready: dict[str, str],
+) -> None:
+    check, head = schema_check_at(ready, "9999_from_a_newer_release")
+
+    assert check.status == "warn"
+    assert (
+        check.detail
+        == f"at revision 9999_from_a_newer_release, newer than this version's head {head}"
+    )
+    assert "deploy the newer service" in check.fix
 
 
 @pytest.mark.parametrize(
@@ -291,6 +312,39 @@ def test_an_oauth_app_checks_each_installed_portals_token(
     assert named["hubspot token"].detail == "OAuth tokens work for 1 portal(s)"
     assert named["hubspot scopes"].status == "ok"
     assert named["deal pipelines"].status == "ok"
+
+
+def test_a_public_app_without_a_working_token_key_is_named_with_the_fix(
+    ready: dict[str, str], engine: sa.Engine, fake: FakeHubSpot
+) -> None:
+    env = {k: v for k, v in ready.items() if k != "HUBSPOT_ACCESS_TOKEN"}
+    env["HUBSPOT_CLIENT_ID"] = fake.client_id
+    access, refresh = fake.issue_tokens(PORTAL, scopes=["oauth", *READ_SCOPES])
+    tokens = Tokens(access, refresh, db.utcnow() + timedelta(hours=1))
+
+    missing = by_name(doctor.run_checks(env))["token encryption"]
+    save_tokens(engine, PORTAL, tokens, cipher=TokenCipher((generate_key(),)))
+    lost = by_name(doctor.run_checks({**env, "TOKEN_ENCRYPTION_KEY": TOKEN_KEY}))
+    save_tokens(engine, PORTAL, tokens, cipher=TokenCipher((TOKEN_KEY,)))
+    older = by_name(
+        doctor.run_checks({**env, "TOKEN_ENCRYPTION_KEY": f"{NEW_TOKEN_KEY},{TOKEN_KEY}"})
+    )
+    sealed = by_name(doctor.run_checks({**env, "TOKEN_ENCRYPTION_KEY": TOKEN_KEY}))
+    malformed = doctor.run_checks({**env, "TOKEN_ENCRYPTION_KEY": "not-a-key"})
+
+    assert missing.status == "fail"
+    assert "TOKEN_ENCRYPTION_KEY is not set" in missing.detail
+    assert "rotate-token-key --generate" in missing.fix
+    assert lost["token encryption"].status == "fail"
+    assert lost["token encryption"].detail == f"no key opens the tokens of portals {PORTAL}"
+    assert lost["hubspot token"].status == "fail"
+    assert older["token encryption"].status == "warn"
+    assert "1 on an older key" in older["token encryption"].detail
+    assert "rotate-token-key" in older["token encryption"].fix
+    assert sealed["token encryption"].status == "ok"
+    assert sealed["hubspot token"].detail == "OAuth tokens work for 1 portal(s)"
+    assert [(c.name, c.status) for c in malformed] == [("configuration", "fail")]
+    assert "TOKEN_ENCRYPTION_KEY" in malformed[0].detail
 
 
 def test_an_invalid_rules_file_fails_and_points_at_rules_check(
