@@ -78,6 +78,9 @@ class Run:
     object_id: int
     payload: dict[str, Any]
     attempts: int
+    # An earlier attempt may have reached the target: a retry, or a replay of a run that had
+    # failed (replay keeps last_error), so a create that cannot be repeated looks first.
+    tried_before: bool
 
 
 _CLAIM = sa.text(
@@ -92,7 +95,8 @@ _CLAIM = sa.text(
         FOR UPDATE SKIP LOCKED
     )
     RETURNING r.id, r.portal_id, r.inbox_id, r.rule, r.action_index, r.action, r.object_type,
-              r.object_id, r.payload, r.attempts
+              r.object_id, r.payload, r.attempts,
+              (r.attempts > 1 OR r.last_error IS NOT NULL) AS tried_before
     """
 )
 
@@ -192,13 +196,14 @@ def list_runs(
 
 
 def replay(connection: sa.Connection, filters: RunFilters) -> int:
-    """Run matching runs again (dead ones included); returns how many."""
+    """Run matching runs again (dead ones included); returns how many. The last error stays
+    until the run succeeds: it tells the executor an earlier attempt may have landed."""
     where, params = filters.where()
     count = connection.execute(
         sa.text(
-            "UPDATE action_runs SET status = 'pending', attempts = 0, next_attempt_at = now(),"
+            "UPDATE action_runs SET status = 'pending', attempts = 0, next_attempt_at = now()"
             # A run whose payload a privacy deletion erased has nothing left to send.
-            f" last_error = NULL WHERE ({where}) AND NOT (payload ? 'erased')"
+            f" WHERE ({where}) AND NOT (payload ? 'erased')"
         ),
         params,
     ).rowcount

@@ -14,7 +14,9 @@ sorts, its own per-second limit and no rate-limit headers), pipelines, OAuth (co
 refresh grants, token introspection) and private app token info. Every authenticated call goes
 through a rolling ten-second window per app per account with real 429s and Retry-After, and the
 X-HubSpot-RateLimit-* headers (the daily ones only for private-app tokens, as HubSpot does).
-Switches inject 5xx, latency and dropped connections; every call is recorded.
+Switches inject 5xx, latency and dropped connections, and lose the answer to a request that
+was carried out (a create stored, then the connection closed or a 5xx sent); every call is
+recorded. Search also takes HubSpot's `associations.{object type}` pseudo-property in filters.
 
 The server runs in its own thread; every method here is safe to call from the test's thread.
 """
@@ -262,9 +264,9 @@ class _Grant:
 
 @dataclass(slots=True)
 class _Fault:
-    kind: Literal["fail", "drop"]
+    kind: Literal["fail", "drop", "lose"]
     remaining: int
-    status: int
+    status: int  # "lose": 0 closes the connection after the request was carried out
     path_prefix: str | None
 
 
@@ -760,6 +762,15 @@ class FakeHubSpot:
         with self._lock:
             self._faults.append(_Fault("drop", n, 0, path_prefix))
 
+    def lose_answer_next(
+        self, n: int = 1, *, status: int = 0, path_prefix: str | None = None
+    ) -> None:
+        """Carry out the next `n` requests (under `path_prefix`, if given), then lose the answer:
+        close the connection (`status` 0) or answer `status` (a 502 or 504 after the create
+        landed). The records they create exist, as when HubSpot's answer is lost on the way."""
+        with self._lock:
+            self._faults.append(_Fault("lose", n, status, path_prefix))
+
     def latency(self, seconds: float, *, path_prefix: str | None = None) -> None:
         """Delay every request (under `path_prefix`, if given) by `seconds`; 0 turns it off."""
         with self._lock:
@@ -960,6 +971,9 @@ class FakeHubSpot:
             self._record(Call(method, path, None, 0))
             await self._drop(scope)
             return
+        if fault is not None and fault.kind == "lose":
+            await self._lose_answer(scope, receive, send, fault.status)
+            return
 
         async def send_and_record(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -971,6 +985,20 @@ class FakeHubSpot:
             await _injected(fault.status)(scope, receive, send_and_record)
         else:
             await self._app(scope, receive, send_and_record)
+
+    async def _lose_answer(self, scope: Scope, receive: Receive, send: Send, status: int) -> None:
+        """Carry the request out, then close the connection or answer `status` instead."""
+        method, path, info = str(scope["method"]), str(scope["path"]), scope[_SCOPE_KEY]
+
+        async def discard(message: Message) -> None:
+            return None
+
+        await self._app(scope, receive, discard)
+        self._record(Call(method, path, info.portal_id, status))
+        if status:
+            await _injected(status)(scope, receive, send)
+        else:
+            await self._drop(scope)
 
     def _take_fault(self, path: str) -> _Fault | None:
         for fault in self._faults:
@@ -1204,7 +1232,11 @@ class FakeHubSpot:
         visible_until = _now_ms() - int(self.search_lag * 1000)
         created, modified = created_property(kind), modified_property(kind)
 
-        def raw(record: _Record, name: str) -> str | None:
+        def raw(record: _Record, name: str) -> str | tuple[str, ...] | None:
+            if name.startswith("associations."):
+                # HubSpot's pseudo-property: the ids of the records of that type it is linked to.
+                to_type = _TYPE_ALIASES.get(name.partition(".")[2])
+                return tuple(record.associations.get(to_type, ())) if to_type else ()
             # Dates as epoch ms: compares like HubSpot's and avoids parsing 25,000 ISO strings.
             if name == created:
                 return str(record.created_ms)
@@ -1225,9 +1257,13 @@ class FakeHubSpot:
             found.sort(key=lambda r: _id_key(r.id))
             if sort_name is not None:
                 # One sort property; records without a value come last, ties stay in id order.
-                present = [r for r in found if raw(r, sort_name) is not None]
-                absent = [r for r in found if raw(r, sort_name) is None]
-                present.sort(key=lambda r: _sort_key(raw(r, sort_name)), reverse=descending)
+                def value(record: _Record) -> str | None:
+                    found_value = raw(record, sort_name)
+                    return None if isinstance(found_value, tuple) else found_value
+
+                present = [r for r in found if value(r) is not None]
+                absent = [r for r in found if value(r) is None]
+                present.sort(key=lambda r: _sort_key(value(r)), reverse=descending)
                 found = present + absent
             page = [
                 self._render(kind, r, _names(body.get("properties") or []))
@@ -1575,7 +1611,8 @@ def _sort_spec(sorts: Sequence[Any]) -> tuple[str | None, bool]:
     raise _BadRequest("sorts must be property names or {propertyName, direction}")
 
 
-Lookup = Callable[[str], str | None]
+# A property's value; a tuple for a pseudo-property holding several (associations.{type}).
+Lookup = Callable[[str], str | tuple[str, ...] | None]
 
 
 def _compile_filters(groups: Sequence[Any]) -> Callable[[Lookup], bool]:
@@ -1613,7 +1650,14 @@ def _compile_filter(spec: Any) -> Callable[[Lookup], bool]:
         str(spec.get("highValue", "")),
         tuple(str(v) for v in spec.get("values") or []),
     )
-    return lambda lookup: check(lookup(name), operand)
+
+    def test(lookup: Lookup) -> bool:
+        actual = lookup(name)
+        if isinstance(actual, tuple):  # several values: one that passes is enough
+            return any(check(v, operand) for v in actual) if actual else check(None, operand)
+        return check(actual, operand)
+
+    return test
 
 
 @dataclass(frozen=True, slots=True)

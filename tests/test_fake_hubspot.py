@@ -355,6 +355,59 @@ def test_engagements_need_hs_timestamp_and_a_real_association_target(fake: FakeH
     assert fake.created() == []
 
 
+NOTE_ON_DEAL_301 = {
+    "properties": {"hs_note_body": "Deal won", "hs_timestamp": "2026-03-10T09:00:00.000Z"},
+    "associations": [
+        {
+            "to": {"id": "301"},
+            "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 214}],
+        }
+    ],
+}
+
+
+def test_a_lost_answer_comes_after_the_record_was_stored(fake: FakeHubSpot) -> None:
+    fake.lose_answer_next(1, path_prefix="/crm/v3/objects/notes")
+    fake.lose_answer_next(1, status=504, path_prefix="/crm/v3/objects/notes")
+    api = sdk(fake).crm.objects.notes.basic_api
+
+    with pytest.raises(urllib3.exceptions.ProtocolError):
+        api.create(NOTE_ON_DEAL_301)
+    with pytest.raises(sdk_notes.ApiException) as gateway:
+        api.create(NOTE_ON_DEAL_301)
+
+    assert gateway.value.status == 504
+    assert len(fake.created("notes")) == 2  # both stored, neither answered
+    assert [c.status for c in fake.calls] == [0, 504]
+    assert [c.portal_id for c in fake.calls] == [PORTAL, PORTAL]
+
+
+def test_search_filters_engagements_by_the_record_they_are_on(fake: FakeHubSpot) -> None:
+    api = sdk(fake).crm.objects.notes
+    on_301 = api.basic_api.create(NOTE_ON_DEAL_301).id
+    api.basic_api.create({**NOTE_ON_DEAL_301, "associations": []})
+
+    def on_deal(deal: str, at: str = "1773133200000") -> list[str]:
+        found = api.search_api.do_search(
+            search(
+                filter_groups=[
+                    {
+                        "filters": [
+                            {"propertyName": "associations.deal", "operator": "EQ", "value": deal},
+                            {"propertyName": "hs_timestamp", "operator": "EQ", "value": at},
+                        ]
+                    }
+                ],
+                properties=["hs_note_body"],
+            )
+        )
+        return [r.id for r in found.results]
+
+    assert on_deal("301") == [on_301]
+    assert on_deal("302") == []
+    assert on_deal("301", at="1773133200001") == []
+
+
 def test_deal_pipeline_maps_stage_labels_to_ids(fake: FakeHubSpot) -> None:
     pipelines = sdk(fake).crm.pipelines.pipelines_api.get_all("deals").results
 

@@ -9,8 +9,9 @@ database transaction. `execute` either returns an `Outcome` (the run is done) or
   work (an unset env var, a malformed secret, a 4xx other than 408/429): dead-letter it.
 
 Delivery is at least once. A webhook carries the same `webhook-id` on every retry of a run, so
-receivers can drop repeats (Standard Webhooks); Slack and HubSpot creates have no idempotency
-key, so a timeout after the target acted can repeat the message or the task.
+receivers can drop repeats (Standard Webhooks); a HubSpot task or note carries its run's marker,
+and a retry looks for it before creating again (actions/hubspot.py); Slack has no idempotency
+key, so a timeout after Slack posted can repeat the message.
 
 Nothing here logs or returns secrets, URLs (Slack webhook URLs are credentials), bodies or
 property values: summaries and error messages carry action names, statuses and ids only.
@@ -64,6 +65,10 @@ class RunContext:
     slack_webhook_url: str | None
     api: HubSpotApi | None
     http: httpx.Client
+    attempt: int = 1  # 1 on the first attempt (and after a replay); more on a retry
+    # Whether an earlier attempt may have reached the target: a retry, or the replay of a run
+    # that had failed. Side effects that cannot be repeated safely check before acting again.
+    tried_before: bool = False
 
 
 @dataclass(frozen=True, slots=True)

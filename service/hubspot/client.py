@@ -33,6 +33,7 @@ from service.hubspot.sdk import (
     sdk_client,
     status_of,
 )
+from service.hubspot.sealing import TokenCipher
 from service.settings import Settings
 
 # What a call may raise is part of this client's API: its callers import those errors from here.
@@ -51,6 +52,7 @@ __all__ = [
     "from_settings",
     "last_modified_property",
     "ms_of",
+    "prune_call_minutes",
 ]
 
 MAX_TRIES = 6
@@ -160,6 +162,7 @@ class HubSpotApi:
     private_token: str | None = None
     client_id: str | None = None
     client_secret: str | None = None
+    token_keys: tuple[str, ...] = field(default=(), repr=False)  # TOKEN_ENCRYPTION_KEY
     sleep: Callable[[float], None] = time.sleep
     _sdk: _Sdk | None = field(default=None, init=False, repr=False)
     _tokens: TokenStore | None = field(default=None, init=False, repr=False)
@@ -216,24 +219,21 @@ class HubSpotApi:
         limit: int = 200,
     ) -> SearchPage:
         """Records modified at or after `since_ms`, oldest first (search API, 200 per page)."""
-        from hubspot.crm.objects import PublicObjectSearchRequest
-
         prop = last_modified_property(object_type)
-        request = PublicObjectSearchRequest(
-            filter_groups=[
-                {"filters": [{"propertyName": prop, "operator": "GTE", "value": str(since_ms)}]}
-            ],
-            sorts=[{"propertyName": prop, "direction": "ASCENDING"}],
-            properties=sorted({*properties, prop}),
-            limit=limit,
-            after=after,
-        )
+        since = {"propertyName": prop, "operator": "GTE", "value": str(since_ms)}
+        body: dict[str, Any] = {"filterGroups": [{"filters": [since]}], "limit": limit}
+        body["sorts"] = [{"propertyName": prop, "direction": "ASCENDING"}]
+        body["properties"], body["after"] = sorted({*properties, prop}), after
+        return self.search(portal_id, object_type, body)
+
+    def search(self, portal_id: int, object_type: str, body: Mapping[str, Any]) -> SearchPage:
+        """One page of results of a search request (HubSpot's JSON: filterGroups, sorts, after)."""
         response = self.call(
             portal_id,
             "search",
             lambda auth: self.sdk.objects_search.do_search_with_http_info(
                 object_type,
-                request,
+                {k: v for k, v in body.items() if v is not None},
                 _request_auth=auth,
                 _request_timeout=REQUEST_TIMEOUT,
                 _preload_content=False,
@@ -325,7 +325,7 @@ class HubSpotApi:
                 if status == 429:
                     self.limiter.block(portal_id, bucket, _retry_after(exc))
                     if attempt == MAX_TRIES:
-                        raise HubSpotUnavailable(f"{endpoint}: rate limited") from None
+                        raise HubSpotUnavailable(f"{endpoint}: rate limited", status=429) from None
                     continue
                 if status == 401 and not refreshed and self.private_token is None:
                     refreshed = True
@@ -362,20 +362,9 @@ class HubSpotApi:
             self._observed[(portal_id, bucket)] = (max_calls, window)
 
     def _count(self, portal_id: int, endpoint: str, outcome: str) -> None:
+        """Count one call in all and in its minute (kept a day: `prune_call_minutes`)."""
         with self.engine.begin() as connection:
-            connection.execute(
-                sa.text(
-                    "WITH minute AS ("
-                    " INSERT INTO hubspot_api_call_minutes (portal_id, minute, endpoint, outcome,"
-                    " calls) VALUES (:p, date_trunc('minute', now()), :e, :o, 1)"
-                    " ON CONFLICT (portal_id, minute, endpoint, outcome)"
-                    " DO UPDATE SET calls = hubspot_api_call_minutes.calls + 1)"
-                    " INSERT INTO hubspot_api_calls (portal_id, endpoint, outcome, calls)"
-                    " VALUES (:p, :e, :o, 1) ON CONFLICT (portal_id, endpoint, outcome)"
-                    " DO UPDATE SET calls = hubspot_api_calls.calls + 1, last_at = now()"
-                ),
-                {"p": portal_id, "e": endpoint, "o": outcome},
-            )
+            connection.execute(_COUNT, {"p": portal_id, "e": endpoint, "o": outcome})
 
     # --- tokens ----------------------------------------------------------------------------
 
@@ -388,6 +377,7 @@ class HubSpotApi:
                 base_url=self.base_url,
                 client_id=self.client_id,
                 client_secret=self.client_secret,
+                cipher=TokenCipher(self.token_keys),
             )
         return self._tokens
 
@@ -413,7 +403,24 @@ def from_settings(settings: Settings, engine: sa.Engine) -> HubSpotApi | None:
         private_token=settings.access_token,
         client_id=settings.client_id,
         client_secret=settings.client_secrets[0] if settings.client_secrets else None,
+        token_keys=settings.token_encryption_keys,
     )
+
+
+_COUNT = sa.text(
+    "WITH minute AS (INSERT INTO hubspot_api_call_minutes (portal_id, minute, endpoint, outcome,"
+    " calls) VALUES (:p, date_trunc('minute', now()), :e, :o, 1) ON CONFLICT (portal_id, minute,"
+    " endpoint, outcome) DO UPDATE SET calls = hubspot_api_call_minutes.calls + 1)"
+    " INSERT INTO hubspot_api_calls (portal_id, endpoint, outcome, calls) VALUES (:p, :e, :o, 1)"
+    " ON CONFLICT (portal_id, endpoint, outcome)"
+    " DO UPDATE SET calls = hubspot_api_calls.calls + 1, last_at = now()"
+)
+
+
+def prune_call_minutes(connection: sa.Connection, older_than_seconds: float = 86_400.0) -> int:
+    """Delete the per-minute call counts older than a day (totals stay); returns how many."""
+    sql = "DELETE FROM hubspot_api_call_minutes WHERE minute < now() - :age * interval '1 s'"
+    return connection.execute(sa.text(sql), {"age": older_than_seconds}).rowcount
 
 
 def last_modified_property(object_type: str) -> str:

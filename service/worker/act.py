@@ -89,6 +89,8 @@ class ActionRunner:
                 slack_webhook_url=self.settings.slack_webhook_url,
                 api=self.api,
                 http=self._http,
+                attempt=run.attempts,
+                tried_before=run.tried_before,
             )
             try:
                 outcome = actions.execute(context)

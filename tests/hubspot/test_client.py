@@ -25,6 +25,7 @@ from service.hubspot.client import (
     HubSpotUnavailable,
     default_budgets,
     from_settings,
+    prune_call_minutes,
 )
 from service.hubspot.ratelimit import SAFETY_MARGIN_MS, Budget
 from service.settings import Settings
@@ -305,6 +306,28 @@ def test_a_429_on_search_does_not_block_other_calls(
     assert 0.5 <= waited.value.seconds <= 1.0
     assert [r.id for r in records] == [101]
     assert rate_limit_row(engine, PORTAL, "api").blocked_until_ms == 0
+
+
+def test_call_minutes_older_than_a_day_are_pruned_and_the_totals_kept(
+    api: HubSpotApi, engine: sa.Engine
+) -> None:
+    api.batch_read(PORTAL, "contacts", [101], ["email"])
+    with engine.begin() as connection:  # a day and an hour pass
+        connection.execute(
+            sa.text("UPDATE hubspot_api_call_minutes SET minute = minute - interval '25 hours'")
+        )
+    api.batch_read(PORTAL, "contacts", [101], ["email"])
+
+    with engine.begin() as connection:
+        assert prune_call_minutes(connection) == 1
+        minutes = connection.execute(
+            sa.text(
+                "SELECT outcome, calls, now() - minute < interval '1 minute' AS recent"
+                " FROM hubspot_api_call_minutes"
+            )
+        ).all()
+    assert [tuple(m) for m in minutes] == [("ok", 1, True)]
+    assert api_calls(engine) == {(PORTAL, "batch_read", "ok"): 2}
 
 
 # --- rate limits -----------------------------------------------------------------------------
