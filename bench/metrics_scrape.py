@@ -6,8 +6,10 @@ inbox grows. This fills a scratch database with set-based SQL (`generate_series`
 loop): `--rows` inbox rows (default 1,000,000) in a steady-state mix (94.5% done, 5% ignored,
 0.3% pending, 0.15% failed, 0.05% dead; received over the last week, the newest 20,000
 processed within the last five minutes), 200,000 action runs, 5,000 pending and 100 dead
-hydration requests, 20 portals' rate limits, tokens and API call counts, and 3 worker
-heartbeats; then VACUUM ANALYZE (what autovacuum does on a live database). It times `--scrapes`
+hydration requests, 20 portals' rate limits, tokens and API call counts, a day of per-minute API
+call counts (every portal calling 6 endpoints every minute, 429s in one minute of 7: 197,484
+rows, what a day's pruning leaves at most for such a fleet), and 3 worker heartbeats; then
+VACUUM ANALYZE (what autovacuum does on a live database). It times `--scrapes`
 reads of the collector (every query, one transaction, as a scrape runs them) and of the whole
 Prometheus text (`generate_latest` on a registry holding only the collector), prints p50, p99
 and max against the goal as PASS/MISS, the estimated and exact done counts, and each query's
@@ -105,6 +107,14 @@ FROM generate_series(0, {portals} - 1) AS p,
      unnest(ARRAY['contacts.batch_read', 'deals.batch_read', 'companies.batch_read',
                   'tasks.create', 'notes.create', 'pipelines.get']) AS e,
      unnest(ARRAY['ok', '429', '500', 'connection_error']) AS o;
+INSERT INTO hubspot_api_call_minutes (portal_id, minute, endpoint, outcome, calls)
+SELECT 62500 + p, date_trunc('minute', now()) - interval '1 minute' * m, e, o,
+       CASE o WHEN 'ok' THEN 20 + (m + p) % 40 ELSE 1 + m % 3 END
+FROM generate_series(0, {portals} - 1) AS p, generate_series(0, 1439) AS m,
+     unnest(ARRAY['contacts.batch_read', 'deals.batch_read', 'companies.batch_read',
+                  'tasks.create', 'notes.create', 'pipelines.get']) AS e,
+     unnest(ARRAY['ok', '429']) AS o
+WHERE o = 'ok' OR (m + p) % 7 = 0;
 INSERT INTO worker_heartbeats (worker_id, host, pid, stages, last_batch_at)
 SELECT 'bench:' || w, 'bench', w, ARRAY['apply', 'act', 'hydrate'], now()
 FROM generate_series(1, 3) AS w;

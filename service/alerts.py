@@ -45,7 +45,6 @@ class State:
     value: dict[str, Any]
     report: dict[str, Any] | None
     remind_due: bool  # firing, and the last message is older than REMIND_SECONDS
-    now: datetime  # the database's clock, for conditions that compare times
 
     @property
     def firing(self) -> bool:
@@ -69,8 +68,7 @@ _LOCK = sa.text(
     """
     SELECT key, status, since, last_sent_at, messages, value, report,
            status = 'firing' AND (last_sent_at IS NULL
-               OR last_sent_at <= now() - make_interval(secs => :remind)) AS remind_due,
-           now() AS now
+               OR last_sent_at <= now() - make_interval(secs => :remind)) AS remind_due
     FROM alert_states WHERE key = :key
     FOR UPDATE SKIP LOCKED
     """

@@ -1,11 +1,19 @@
 """Two workers' alert loops on one database, the act stage that delivers their messages, and
-what the receiver got (the `fleet` fixture of tests/worker/conftest.py builds one)."""
+what the receiver got (the `fleet` fixture of tests/worker/conftest.py builds one); and real
+`worker` processes for the alert tests that run the commands (`worker_process`)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,6 +24,7 @@ from service.worker.act import ActionRunner
 from service.worker.loop import run_loop
 from service.worker.upkeep import Alerts
 from tests.receivers import Receiver
+from tests.support import ROOT
 
 ALERT_SLACK_PATH = "/alerts/slack"
 ALERT_HOOK_PATH = "/alerts/hook"
@@ -54,13 +63,9 @@ class AlertFleet:
         """The act stage until nothing is due; returns how many runs it executed."""
         return self.runner.drain()
 
-    def received(self, path: str = ALERT_HOOK_PATH) -> list[tuple[str, str]]:
-        """(alert key, status) of each webhook body received (`path`: the webhook's)."""
-        return [
-            (r.json()["alert"], r.json()["type"].removeprefix("alert."))
-            for r in self.receiver.requests
-            if r.path == path
-        ]
+    def received(self) -> list[tuple[str, str]]:
+        """(alert key, status) of each webhook body delivered."""
+        return received(self.receiver)
 
     def slack_texts(self) -> list[str]:
         """The text of each Slack message received."""
@@ -75,3 +80,47 @@ class AlertFleet:
         """Change the database as time or another process would (tests move time, never sleep)."""
         with self.engine.begin() as connection:
             connection.execute(sa.text(statement), params)
+
+
+def received(receiver: Receiver) -> list[tuple[str, str]]:
+    """(alert key, status) of each alert webhook body the receiver answered 200, in order."""
+    return [
+        (r.json()["alert"], r.json()["type"].removeprefix("alert."))
+        for r in receiver.requests
+        if r.path == ALERT_HOOK_PATH and r.status == 200
+    ]
+
+
+def wait_until(check: Callable[[], bool], what: str, logs: list[Path], seconds: float = 30) -> None:
+    """Poll `check` until it holds; fail naming `what`, with the processes' output, if it
+    takes longer than `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            output = "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')}" for log in logs)
+            raise AssertionError(f"no {what} within {seconds} s\n{output}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def worker_process(env: Mapping[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m service worker` with exactly `env` (plus PATH, HOME and TMPDIR), its output in
+    `log`; stopped with SIGTERM at the end (killed if it has not exited 15 s later)."""
+    base = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "worker"],
+            env={**base, **env},
+            cwd=ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield process
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(15)

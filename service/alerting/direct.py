@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 KEY = "no_worker"
 NO_WORKER_SECONDS = 120.0
-WATCH_SECONDS = 30.0  # how often a web process evaluates it
 SEND_TIMEOUT = 5.0  # seconds per connect, read or write of one send
 LEASE_SECONDS = 60.0  # a sender that died mid-send leaves the messages to others after this
 
@@ -106,15 +105,16 @@ def _send(http: httpx.Client, entry: dict[str, Any], settings: Settings) -> bool
 
 
 class Watch:
-    """A web process's thread evaluating and delivering `no_worker` every `interval` seconds
-    (first after one interval, so workers started with it have beaten)."""
+    """A web process's thread evaluating and delivering `no_worker` every `interval` seconds,
+    ALERT_INTERVAL unless given (first after one interval, so workers started with it have
+    beaten)."""
 
     def __init__(
-        self, engine: sa.Engine, settings: Settings, interval: float = WATCH_SECONDS
+        self, engine: sa.Engine, settings: Settings, interval: float | None = None
     ) -> None:
         self.engine = engine
         self.settings = settings
-        self.interval = interval
+        self.interval = settings.alert_interval_seconds if interval is None else interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="alert-watch", daemon=True)
 

@@ -66,7 +66,7 @@ def detail(message: Message) -> str:
         portals = ", ".join(str(p) for p in v.get("portals", [])) or "none"
         return f"portals needing re-install: {portals}"
     if key == "rate_limited":
-        return f"{v.get('increase', 0)} answers 429 in the last {v.get('window_seconds', 0):g} s"
+        return f"{v.get('answers_429', 0)} answers 429 in the last {v.get('window_seconds', 0):g} s"
     if key == "reconcile":
         report = v.get("report") or {}
         return f"last run: {report.get('outcome', 'unknown')} {report.get('error', '')}".strip()
@@ -88,7 +88,6 @@ def text(message: Message, settings: Settings) -> str:
 
 def body(message: Message, settings: Settings) -> dict[str, Any]:
     """The JSON body of the signed webhook."""
-    facts = {k: v for k, v in message.value.items() if k != "samples"}
     return {
         "type": f"alert.{message.kind}",
         "alert": message.key,
@@ -97,7 +96,7 @@ def body(message: Message, settings: Settings) -> dict[str, Any]:
         "summary": detail(message),
         "since": message.since.isoformat(),
         "number": message.number,
-        "facts": facts,
+        "facts": message.value,
         "dashboard": settings.dashboard_url,
     }
 

@@ -4,6 +4,12 @@ HubSpot counts calls per app and account in a rolling 10-second window (HUBSPOT.
 search API separately per second. Each (portal, bucket) row holds the start times of the calls
 made in the current window; a call may start when fewer than `max_calls` started within the
 window. Times come from the database clock, so workers on different machines agree.
+
+The row starts with the configured budget; when HubSpot advertises its own limit in the
+`X-HubSpot-RateLimit-*` headers (`observe`), the row holds that instead, unless it is looser
+than the budget in both calls and window. A call then starts only when both the configured
+budget and the row's limit allow it: over different windows (say 15 per 10 s configured, 10
+per second advertised) neither alone is enough, and no single window is exactly both.
 """
 
 from __future__ import annotations
@@ -89,43 +95,70 @@ class RateLimiter:
             now_ms = int(row.now_ms)
             if row.blocked_until_ms > now_ms:
                 return int(row.blocked_until_ms - now_ms)
-            max_calls = min(int(row.max_calls), budget.max_calls)
-            window = max(int(row.window_ms), budget.window_ms) + SAFETY_MARGIN_MS
-            recent = [int(t) for t in row.calls if int(t) > now_ms - window]
-            if len(recent) < max_calls:
+            # A row stored with 0 calls (before `observe` refused it) still lets one through.
+            limits = {budget, Budget(max(1, int(row.max_calls)), int(row.window_ms))}
+            longest = max(limit.window_ms for limit in limits) + SAFETY_MARGIN_MS
+            recent = [int(t) for t in row.calls if int(t) > now_ms - longest]
+            wait_ms = max(_wait_ms(recent, limit, now_ms) for limit in limits)
+            if wait_ms <= 0:
                 recent.append(now_ms)
-                connection.execute(_STORE, {**params, "calls": recent})
-                return 0
             connection.execute(_STORE, {**params, "calls": recent})
-            return recent[-max_calls] + window - now_ms + 1
+            return wait_ms
 
     def block(self, portal_id: int, bucket: str, seconds: float) -> None:
         """HubSpot said 429: nobody calls this bucket for `seconds`."""
-        with self.engine.begin() as connection:
-            connection.execute(
-                sa.text(
-                    "UPDATE rate_limits SET blocked_until_ms = greatest(blocked_until_ms,"
-                    " (extract(epoch FROM clock_timestamp()) * 1000)::bigint + :ms)"
-                    " WHERE portal_id = :portal_id AND bucket = :bucket"
-                ),
-                {"portal_id": portal_id, "bucket": bucket, "ms": int(seconds * 1000)},
-            )
-        log.warning("rate_limited", extra={"portal_id": portal_id, "bucket": bucket})
-
-    def observe(self, portal_id: int, bucket: str, max_calls: int, window_ms: int) -> None:
-        """Adopt HubSpot's advertised limit when it is stricter than the configured budget."""
         budget = self.budgets[bucket]
         with self.engine.begin() as connection:
             connection.execute(
                 sa.text(
-                    "UPDATE rate_limits SET max_calls = :max_calls, window_ms = :window_ms"
-                    " WHERE portal_id = :portal_id AND bucket = :bucket"
-                    " AND (max_calls, window_ms) IS DISTINCT FROM (:max_calls, :window_ms)"
+                    "INSERT INTO rate_limits (portal_id, bucket, max_calls, window_ms,"
+                    " blocked_until_ms) VALUES (:portal_id, :bucket, :max_calls, :window_ms,"
+                    " (extract(epoch FROM clock_timestamp()) * 1000)::bigint + :ms)"
+                    " ON CONFLICT (portal_id, bucket) DO UPDATE SET blocked_until_ms ="
+                    " greatest(rate_limits.blocked_until_ms, excluded.blocked_until_ms)"
                 ),
                 {
                     "portal_id": portal_id,
                     "bucket": bucket,
-                    "max_calls": min(max_calls, budget.max_calls),
-                    "window_ms": max(window_ms, budget.window_ms),
+                    "max_calls": budget.max_calls,
+                    "window_ms": budget.window_ms,
+                    "ms": int(seconds * 1000),
                 },
             )
+        log.warning("rate_limited", extra={"portal_id": portal_id, "bucket": bucket})
+
+    def observe(self, portal_id: int, bucket: str, max_calls: int, window_ms: int) -> None:
+        """Keep HubSpot's advertised limit beside the configured budget (both are enforced),
+        unless it is looser than the budget in both calls and window. A limit of no calls or
+        no window is no limit anyone could keep: ignored."""
+        if max_calls < 1 or window_ms < 1:
+            return
+        budget = self.budgets[bucket]
+        if max_calls >= budget.max_calls and window_ms <= budget.window_ms:
+            max_calls, window_ms = budget.max_calls, budget.window_ms
+        with self.engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO rate_limits (portal_id, bucket, max_calls, window_ms)"
+                    " VALUES (:portal_id, :bucket, :max_calls, :window_ms)"
+                    " ON CONFLICT (portal_id, bucket) DO UPDATE"
+                    " SET max_calls = excluded.max_calls, window_ms = excluded.window_ms"
+                    " WHERE (rate_limits.max_calls, rate_limits.window_ms)"
+                    " IS DISTINCT FROM (excluded.max_calls, excluded.window_ms)"
+                ),
+                {
+                    "portal_id": portal_id,
+                    "bucket": bucket,
+                    "max_calls": max_calls,
+                    "window_ms": window_ms,
+                },
+            )
+
+
+def _wait_ms(recent: list[int], limit: Budget, now_ms: int) -> int:
+    """How long until a call may start under `limit`, given the calls started (oldest first)."""
+    window = limit.window_ms + SAFETY_MARGIN_MS
+    inside = [t for t in recent if t > now_ms - window]
+    if len(inside) < limit.max_calls:
+        return 0
+    return inside[-limit.max_calls] + window - now_ms + 1

@@ -6,9 +6,11 @@ Each query is bounded by an index (see migrations 0005 and bench/metrics_scrape.
 over partial indexes of the rows not done, which stay few however large the inbox grows; the
 done rows, the bulk, are counted exactly while the table is small and estimated from the
 planner's statistics above `EXACT_COUNT_BELOW` rows; the apply lag reads the newest processed
-rows from an index alone. The tables keyed by portal (rate limits, tokens, API call counts) and
-the heartbeats hold a handful of rows and are read whole. If the database does not answer, only
-`hubspot_webhooks_database_up 0` is reported and the scrape still succeeds.
+rows from an index alone; the recent API calls read the last few minutes of the per-minute
+counts (hubspot_api_call_minutes, a day of rows) through its index on `minute`. The tables keyed
+by portal (rate limits, tokens, API call totals) and the heartbeats hold a handful of rows and
+are read whole. If the database does not answer, only `hubspot_webhooks_database_up 0` is
+reported and the scrape still succeeds.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ EXACT_COUNT_BELOW = 100_000
 # The apply lag is taken over the rows processed in this window, newest first, at most LAG_SAMPLE.
 LAG_WINDOW_SECONDS = 300
 LAG_SAMPLE = 10_000
+# Recent API calls: the minutes that started within this window (the current one and 4 before).
+RECENT_CALLS_SECONDS = 300
 SCRAPE_TIMEOUT_MS = 2_000
 
 INBOX_STATUSES = ("pending", "failed", "dead", "ignored", "done")
@@ -82,6 +86,14 @@ _API_CALLS = sa.text(
     SELECT endpoint, outcome, sum(calls) AS calls,
            extract(epoch FROM now() - max(last_at)) AS age
     FROM hubspot_api_calls GROUP BY endpoint, outcome ORDER BY endpoint, outcome
+    """
+)
+_API_CALLS_RECENT = sa.text(
+    f"""
+    SELECT endpoint, outcome, sum(calls) AS calls
+    FROM hubspot_api_call_minutes
+    WHERE minute > now() - make_interval(secs => {RECENT_CALLS_SECONDS})
+    GROUP BY endpoint, outcome ORDER BY endpoint, outcome
     """
 )
 _RATE_LIMITS = sa.text(
@@ -138,6 +150,7 @@ class DatabaseCollector(Collector):
             oldest_due = float(connection.execute(_OLDEST_DUE).scalar_one())
             lag = connection.execute(_APPLY_LAG).one()
             calls = list(connection.execute(_API_CALLS))
+            recent = list(connection.execute(_API_CALLS_RECENT))
             limits = list(connection.execute(_RATE_LIMITS))
             reinstall = int(connection.execute(_REINSTALL).scalar_one())
             live = len(heartbeats.live_workers(connection, heartbeats.LIVE_SECONDS))
@@ -188,6 +201,14 @@ class DatabaseCollector(Collector):
                 },
             ),
             _api_calls(calls),
+            _labelled(
+                "hubspot_api_calls_recent",
+                f"HubSpot API calls by every worker in the minutes begun within the last"
+                f" {RECENT_CALLS_SECONDS} s (the current minute and the 4 before it), by endpoint"
+                " and outcome; outcome 429: rate limited",
+                ["endpoint", "outcome"],
+                {(r.endpoint, r.outcome): int(r.calls) for r in recent},
+            ),
             _last_429(calls),
             _labelled(
                 "rate_limit_remaining",
@@ -276,6 +297,7 @@ def queries() -> list[tuple[str, sa.TextClause, dict[str, str]]]:
         ("oldest due", _OLDEST_DUE, {}),
         ("apply lag", _APPLY_LAG, {}),
         ("hubspot_api_calls", _API_CALLS, {}),
+        ("hubspot_api_call_minutes recent", _API_CALLS_RECENT, {}),
         ("rate_limits", _RATE_LIMITS, {}),
         ("hubspot_tokens", _REINSTALL, {}),
     ]

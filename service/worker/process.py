@@ -1,8 +1,8 @@
 """One worker process: the apply loop in the main thread, the other stages in threads beside it.
 
-`run` is `hubspot-webhooks worker`: apply (stage 2) in the calling thread; act (4), hydrate (3)
-and, when configured, the scheduled reconcile, pipeline-label refresh and alerts (5) in daemon
-threads.
+`run` is `hubspot-webhooks worker`: apply (stage 2) in the calling thread; act (4), hydrate (3),
+the hourly prune (5) and, when configured, the scheduled reconcile, pipeline-label refresh and
+alerts every ALERT_INTERVAL (5) in daemon threads.
 SIGTERM or SIGINT sets one stop event: the current batch finishes, every loop ends, exit 0.
 `in_background` is the same set of stages inside `dev`, beside the web server.
 """
@@ -30,7 +30,7 @@ from service.worker.act import ActionRunner
 from service.worker.apply import Worker
 from service.worker.heartbeat import Heartbeat
 from service.worker.loop import Wakeup, run_loop
-from service.worker.upkeep import EVALUATE_SECONDS, Alerts, run_reconcile
+from service.worker.upkeep import PRUNE_SECONDS, Alerts, prune, run_reconcile
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,8 @@ def _stages(
             start("pipelines", stage_labels, PIPELINES_REFRESH_SECONDS, None)
         start("hydrate", hydrator.run_once, settings.worker_poll_seconds, None)
     if settings.alert_slack_webhook_url or settings.alert_webhook_url:
-        start("alerts", Alerts(engine, settings).step, EVALUATE_SECONDS, None)
+        start("alerts", Alerts(engine, settings).step, settings.alert_interval_seconds, None)
+    start("prune", lambda: prune(engine), PRUNE_SECONDS, None)
     for thread in threads:
         thread.start()
     try:

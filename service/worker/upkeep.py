@@ -1,6 +1,6 @@
-"""Alerts (stage 5 upkeep): evaluate the alert conditions and enqueue a message on each change.
+"""Upkeep (stage 5): the alert loop, the scheduled reconcile's report, and pruning.
 
-Every worker process runs this loop (`Alerts.step`, every `EVALUATE_SECONDS`); for each condition
+Every worker process runs the alert loop (`Alerts.step`, every ALERT_INTERVAL); for each condition
 it locks the condition's row in alert_states, reads the facts, settles the row and enqueues the
 messages of a change, all in one short transaction, so several workers send each transition
 once (service/alerts.py). Delivery is the act stage's (service/alerting/messages.py), except for
@@ -16,10 +16,15 @@ The conditions, each read from Postgres:
   worker whose heartbeat is failing sees the fleet as dead. Web processes evaluate and send it
   too (service/alerting/direct.py), so a fleet that is entirely down is reported.
 - `reinstall`: a portal's OAuth tokens stopped working.
-- `rate_limited`: hubspot_api_calls counted at least `RATE_LIMIT_429S` answers 429 within
-  `RATE_LIMIT_WINDOW`; resolved after a whole window without one. The counters only grow, so
-  the condition keeps samples of their total (database time, total) in its row and compares.
+- `rate_limited`: HubSpot answered 429 at least `RATE_LIMIT_429S` times within
+  `RATE_LIMIT_WINDOW`, counted from the per-minute call counts (hubspot_api_call_minutes: the
+  current minute and the ones before it that started inside the window); resolved after a
+  whole window without one.
 - `reconcile`: the last scheduled reconcile failed (`run_reconcile` reports each outcome).
+
+`prune` deletes what only grows and is needed for a while: the per-minute API call counts older
+than a day, through their owner (service/hubspot/client.py); each worker runs it every
+`PRUNE_SECONDS`.
 """
 
 from __future__ import annotations
@@ -34,14 +39,14 @@ import sqlalchemy as sa
 from service import alerts, outbox
 from service.alerting import direct
 from service.alerting import messages as alert_messages
-from service.hubspot.client import HubSpotApi
+from service.hubspot.client import HubSpotApi, prune_call_minutes
 from service.hubspot.reconcile import known_portals, reconcile_all
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EVALUATE_SECONDS = 30.0
 NO_WORKER_SECONDS = direct.NO_WORKER_SECONDS
+PRUNE_SECONDS = 3600.0
 RATE_LIMIT_429S = 10
 RATE_LIMIT_WINDOW = 300.0
 
@@ -61,6 +66,13 @@ _OLDEST_DUE = sa.text(
     SELECT coalesce(extract(epoch FROM now() - min(next_attempt_at)), 0)
     FROM inbox_events
     WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
+    """
+)
+# On the minute index: a window is a handful of minutes, whatever the day holds.
+_RECENT_429S = sa.text(
+    """
+    SELECT coalesce(sum(calls), 0) FROM hubspot_api_call_minutes
+    WHERE minute > now() - make_interval(secs => :window) AND outcome = '429'
     """
 )
 
@@ -97,23 +109,11 @@ def reinstall(
 def rate_limited(
     connection: sa.Connection, state: alerts.State, settings: Settings
 ) -> tuple[bool, dict[str, Any]]:
-    """HubSpot answered 429 at least RATE_LIMIT_429S times within RATE_LIMIT_WINDOW."""
-    total = int(
-        connection.execute(
-            sa.text("SELECT coalesce(sum(calls), 0) FROM hubspot_api_calls WHERE outcome = '429'")
-        ).scalar_one()
-    )
-    now = state.now.timestamp()
-    samples = [
-        (float(at), int(seen))
-        for at, seen in state.value.get("samples", [])
-        if float(at) > now - RATE_LIMIT_WINDOW and int(seen) <= total  # older, or a reset
-    ]
-    increase = total - min((seen for _, seen in samples), default=total)
-    samples.append((now, total))
-    firing = increase > 0 if state.firing else increase >= RATE_LIMIT_429S
-    value = {"increase": increase, "window_seconds": RATE_LIMIT_WINDOW, "samples": samples}
-    return firing, value
+    """HubSpot answered 429 at least RATE_LIMIT_429S times within RATE_LIMIT_WINDOW (once
+    firing, until a whole window passes without one)."""
+    count = int(connection.execute(_RECENT_429S, {"window": RATE_LIMIT_WINDOW}).scalar_one())
+    firing = count > 0 if state.firing else count >= RATE_LIMIT_429S
+    return firing, {"answers_429": count, "window_seconds": RATE_LIMIT_WINDOW}
 
 
 def reconcile(
@@ -145,7 +145,7 @@ class Alerts:
 
     def step(self) -> int:
         """One round (the first is skipped, so this process's first heartbeat is written);
-        returns 0: the loop waits EVALUATE_SECONDS."""
+        returns 0: the loop waits ALERT_INTERVAL."""
         self._steps += 1
         if self._steps > 1:
             self.evaluate()
@@ -172,6 +172,16 @@ class Alerts:
             if message is not None:
                 log.warning("alert_" + message.kind, extra={"alert": key, "number": message.number})
         return sent
+
+
+def prune(engine: sa.Engine) -> int:
+    """Delete the API call minutes older than a day; returns 0 (the loop then waits
+    PRUNE_SECONDS). Several workers may prune at once: each row goes once."""
+    with engine.begin() as connection:
+        pruned = prune_call_minutes(connection)
+    if pruned:
+        log.info("api_call_minutes_pruned", extra={"rows": pruned})
+    return 0
 
 
 def run_reconcile(engine: sa.Engine, api: HubSpotApi, settings: Settings) -> int:

@@ -274,3 +274,63 @@ def test_blocked_caller_starts_when_the_block_ends(clean_db: str, engine: sa.Eng
     waited = calls.acquire(PORTAL, "api")
     assert 0.1 < waited <= 0.3
     assert stored(engine, PORTAL, "api")[2] == 2
+
+
+def test_an_advertised_max_of_zero_is_ignored(clean_db: str, engine: sa.Engine) -> None:
+    calls = limiter(engine, {"api": Budget(3, 10_000)})
+    calls.acquire(PORTAL, "api")
+    # X-HubSpot-RateLimit-Max: 0 (or a window of 0) is no limit anyone could keep.
+    calls.observe(PORTAL, "api", 0, 10_000)
+    assert stored(engine, PORTAL, "api")[:2] == (3, 10_000)
+    assert [calls.acquire(PORTAL, "api") for _ in range(2)] == [0.0, 0.0]
+    assert wait_asked(calls, PORTAL, "api") > 5
+    calls.observe(PORTAL, "api", 3, 0)
+    assert stored(engine, PORTAL, "api")[:2] == (3, 10_000)
+
+
+def test_a_stored_max_of_zero_still_lets_one_call_through_per_window(
+    clean_db: str, engine: sa.Engine
+) -> None:
+    calls = limiter(engine, {"api": Budget(3, 10_000)})
+    calls.acquire(PORTAL, "api")
+    # A row written before zero was refused: the limiter neither crashes nor stops for good.
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE rate_limits SET max_calls = 0, calls = '{}'"))
+    assert calls.acquire(PORTAL, "api") == 0.0
+    assert wait_asked(calls, PORTAL, "api") > 5
+
+
+def test_a_429_before_any_call_of_the_bucket_still_blocks_it(
+    clean_db: str, engine: sa.Engine
+) -> None:
+    calls = limiter(engine, BUDGETS)
+    calls.block(PORTAL, "search", 30)
+    assert 29 < wait_asked(calls, PORTAL, "search") <= 30
+    assert wait_asked(calls, PORTAL, "api") == 0.0
+
+
+def test_an_advertised_limit_before_any_call_of_the_bucket_is_kept(
+    clean_db: str, engine: sa.Engine
+) -> None:
+    calls = limiter(engine, {"api": Budget(10, 10_000)})
+    calls.observe(PORTAL, "api", 1, 10_000)
+    assert stored(engine, PORTAL, "api")[:2] == (1, 10_000)
+    assert calls.acquire(PORTAL, "api") == 0.0
+    assert wait_asked(calls, PORTAL, "api") > 5
+
+
+def test_an_advertised_limit_over_another_window_is_enforced_beside_the_budget(
+    clean_db: str, engine: sa.Engine
+) -> None:
+    # Configured 15 per 10 s; HubSpot advertises 10 per second. Each alone allows 10 calls
+    # now; both together must not be squeezed into "10 per 10 s".
+    clock = DbClock(engine)
+    calls = RateLimiter(engine, {"api": Budget(15, 10_000)}, sleep=clock)
+    calls.acquire(PORTAL, "api")
+    calls.observe(PORTAL, "api", 10, 1_000)
+    assert [calls.acquire(PORTAL, "api") for _ in range(9)] == [0.0] * 9
+    # The 11th waits for HubSpot's one-second window, not for ten seconds.
+    assert 0.5 < calls.acquire(PORTAL, "api") <= (1_000 + SAFETY_MARGIN_MS) / 1000 + 0.01
+    # Four more fit the configured 15 per 10 s; the 16th waits for it.
+    assert [calls.acquire(PORTAL, "api") for _ in range(4)] == [0.0] * 4
+    assert 7.5 < calls.acquire(PORTAL, "api") <= (10_000 + SAFETY_MARGIN_MS) / 1000

@@ -19,7 +19,7 @@ from service.web.app import create_app
 from service.worker.apply import Worker
 from tests.factories import METRICS_TOKEN, PORTAL, action_run, change, hs
 from tests.fake_hubspot import FakeHubSpot
-from tests.support import free_port, make_settings, post, post_events, scrape
+from tests.support import DbClock, MakeApi, free_port, make_settings, post, post_events, scrape
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 P = "hubspot_webhooks_"
@@ -152,12 +152,36 @@ def test_every_series_carries_real_values_after_an_end_to_end_run(
     assert value(samples, "hubspot_api_calls_total", endpoint="batch_read", outcome="429") == 1
     assert value(samples, "hubspot_api_calls_total", endpoint="batch_read", outcome="ok") == 1
     assert 0 <= value(samples, "hubspot_api_last_429_seconds", endpoint="batch_read") < 60
+    assert value(samples, "hubspot_api_calls_recent", endpoint="batch_read", outcome="429") == 1
+    assert value(samples, "hubspot_api_calls_recent", endpoint="batch_read", outcome="ok") == 1
     remaining = value(samples, "rate_limit_remaining", portal=str(PORTAL), bucket="api")
     assert 0 < remaining <= 100 - 2
     assert value(samples, "rate_limit_blocked_seconds", portal=str(PORTAL), bucket="api") >= 0
     assert value(samples, "portals_needing_reinstall") == 1
     assert value(samples, "workers_live") == 1
     assert 0 < value(samples, "scrape_database_seconds") < 5
+
+
+def test_recent_api_calls_are_those_of_the_last_five_minutes(
+    client: TestClient, engine: sa.Engine, fake: FakeHubSpot, make_api: MakeApi
+) -> None:
+    api = make_api(limiter_sleep=DbClock(engine))
+    fake.fail_next(2, status=429)
+    api.batch_read(PORTAL, "contacts", [1], ["email"])  # 429, 429, ok
+    # Six minutes pass (moved in the database, not slept).
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE hubspot_api_call_minutes SET minute = minute - interval '6 minutes'")
+        )
+    fake.fail_next(1, status=429)
+    api.batch_read(PORTAL, "contacts", [1], ["email"])  # 429, ok
+
+    samples = metrics_of(client)
+
+    assert value(samples, "hubspot_api_calls_recent", endpoint="batch_read", outcome="429") == 1
+    assert value(samples, "hubspot_api_calls_recent", endpoint="batch_read", outcome="ok") == 1
+    assert value(samples, "hubspot_api_calls_total", endpoint="batch_read", outcome="429") == 3
+    assert value(samples, "hubspot_api_calls_total", endpoint="batch_read", outcome="ok") == 2
 
 
 def test_no_live_worker_shows_as_zero(client: TestClient, engine: sa.Engine) -> None:

@@ -11,12 +11,13 @@ import sqlalchemy as sa
 from standardwebhooks.webhooks import Webhook
 
 from service import inbox, outbox
-from service.hubspot.client import MAX_TRIES, HubSpotUnavailable
+from service.hubspot.client import MAX_TRIES, HubSpotApi, HubSpotUnavailable
 from service.hubspot.oauth import Tokens, save_tokens
+from service.hubspot.sealing import TokenCipher
 from service.worker.apply import Worker
-from service.worker.upkeep import RATE_LIMIT_429S, RATE_LIMIT_WINDOW, run_reconcile
+from service.worker.upkeep import RATE_LIMIT_429S, RATE_LIMIT_WINDOW, prune, run_reconcile
 from tests.alerting import ALERT_HOOK_PATH, ALERT_SLACK_PATH, AlertFleet
-from tests.factories import PORTAL, WEBHOOK_SECRET, numbered_event
+from tests.factories import PORTAL, TOKEN_KEY, WEBHOOK_SECRET, numbered_event
 from tests.fake_hubspot import FakeHubSpot
 from tests.support import DbClock, MakeApi, Store
 
@@ -34,6 +35,9 @@ def resolves_once(fleet: AlertFleet, key: str) -> None:
     assert fleet.received() == [(key, "firing"), (key, "resolved")]
     assert len(fleet.slack_texts()) == 2
     assert "[RESOLVED]" in fleet.slack_texts()[1]
+
+
+CIPHER = TokenCipher((TOKEN_KEY,))
 
 
 def tokens() -> Tokens:
@@ -81,13 +85,13 @@ def test_no_worker(fleet: AlertFleet) -> None:
 
 
 def test_portal_needs_reinstall(fleet: AlertFleet) -> None:
-    save_tokens(fleet.engine, PORTAL, tokens())
+    save_tokens(fleet.engine, PORTAL, tokens(), cipher=CIPHER)
     fleet.run_loops()
     fleet.sql("UPDATE hubspot_tokens SET needs_reinstall = true WHERE portal_id = :p", p=PORTAL)
     fires_once(fleet, "reinstall")
     assert f"portals needing re-install: {PORTAL}" in fleet.slack_texts()[0]
 
-    save_tokens(fleet.engine, PORTAL, tokens())  # installed again
+    save_tokens(fleet.engine, PORTAL, tokens(), cipher=CIPHER)  # installed again
     resolves_once(fleet, "reinstall")
 
 
@@ -102,30 +106,63 @@ def test_hubspot_keeps_answering_429(
             with pytest.raises(HubSpotUnavailable):
                 api.batch_read(PORTAL, "contacts", [101], ["email"])
 
-    answered_429(MAX_TRIES)  # before the loops first looked: history, not an alert
+    answered_429(MAX_TRIES)  # fewer than RATE_LIMIT_429S: not an alert
     fleet.run_loops()
     assert fleet.deliver() == 0
     answered_429(MAX_TRIES * -(-RATE_LIMIT_429S // MAX_TRIES))
     fires_once(fleet, "rate_limited")
+    assert f"18 answers 429 in the last {RATE_LIMIT_WINDOW:g} s" in fleet.slack_texts()[0]
 
-    answered_429(MAX_TRIES)  # still answering 429: still firing, no new message
+    # A whole window passes (moved in the database, not slept); one more 429 keeps it firing.
+    fleet.sql(
+        "UPDATE hubspot_api_call_minutes SET minute = minute - make_interval(secs => :w)",
+        w=RATE_LIMIT_WINDOW + 60,
+    )
+    answered_429(MAX_TRIES)
     fleet.run_loops()
     assert fleet.deliver() == 0
-    # A whole window passes without a 429 (moved in the database, not slept).
+    # Another window passes without a 429: resolved.
     fleet.sql(
-        "UPDATE alert_states SET value = jsonb_set(value, '{samples}', (SELECT"
-        " jsonb_agg(jsonb_build_array((s->>0)::float8 - :w, s->1))"
-        " FROM jsonb_array_elements(value->'samples') s)) WHERE key = 'rate_limited'",
-        w=RATE_LIMIT_WINDOW + 1,
+        "UPDATE hubspot_api_call_minutes SET minute = minute - make_interval(secs => :w)",
+        w=RATE_LIMIT_WINDOW + 60,
     )
     resolves_once(fleet, "rate_limited")
+
+
+def test_429s_already_in_the_window_when_the_loops_first_look_fire(
+    fleet: AlertFleet, engine: sa.Engine, fake: FakeHubSpot, make_api: MakeApi
+) -> None:
+    api = make_api(limiter_sleep=DbClock(engine))
+    fake.fail_next(2 * MAX_TRIES, status=429)
+    for _ in range(2):
+        with pytest.raises(HubSpotUnavailable):
+            api.batch_read(PORTAL, "contacts", [101], ["email"])
+
+    fires_once(fleet, "rate_limited")
+
+
+def test_upkeep_prunes_api_call_minutes_older_than_a_day(
+    engine: sa.Engine, api: HubSpotApi
+) -> None:
+    api.batch_read(PORTAL, "contacts", [101], ["email"])
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE hubspot_api_call_minutes SET minute = minute - interval '25 hours'")
+        )
+    api.batch_read(PORTAL, "contacts", [102], ["email"])
+
+    assert prune(engine) == 0  # then the loop waits PRUNE_SECONDS
+
+    with engine.connect() as connection:
+        left = connection.scalar(sa.text("SELECT sum(calls) FROM hubspot_api_call_minutes"))
+    assert left == 1
 
 
 def test_scheduled_reconcile_fails(
     fleet: AlertFleet, engine: sa.Engine, fake: FakeHubSpot, make_api: MakeApi
 ) -> None:
     api = make_api()
-    save_tokens(engine, PORTAL, tokens())
+    save_tokens(engine, PORTAL, tokens(), cipher=CIPHER)
     fake.fail_next(1000, status=500)
     with pytest.raises(HubSpotUnavailable):
         run_reconcile(engine, api, fleet.settings)

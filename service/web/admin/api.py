@@ -30,7 +30,7 @@ from service.web.admin.params import (
     is_unfiltered,
     run_filters,
 )
-from service.web.admin.present import jsonable
+from service.web.admin.present import jsonable, masked, masked_properties
 from service.web.admin.rulebook import loaded_rules
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -119,11 +119,13 @@ async def list_events(request: Request) -> Response:
 
 
 def event_detail(connection: Any, event_id: int) -> dict[str, Any] | None:
-    """One inbox row in full: payload, attempts, error and traceback, and its action runs."""
+    """One inbox row in full: payload (emails and phone numbers masked), attempts, error and
+    traceback, and its action runs."""
     row = inbox.get_event(connection, event_id)
     if row is None:
         return None
     found: dict[str, Any] = jsonable(row)
+    found["payload"] = masked(found["payload"])
     found |= _split_error(row.last_error)
     runs = outbox.list_runs(connection, outbox.RunFilters(inbox_id=event_id), limit=100)
     found["action_runs"] = jsonable(runs)
@@ -174,12 +176,14 @@ async def list_actions(request: Request) -> Response:
 
 @_api
 async def show_action(request: Request) -> Response:
-    """GET /admin/api/actions/{id}: the run in full (payload, error, result)."""
+    """GET /admin/api/actions/{id}: the run in full (payload masked, error, result)."""
     run_id: int = request.path_params["id"]
     row = await read(request, lambda c: outbox.get_run(c, run_id))
     if row is None:
         return _error(404, "not_found", f"no action run with id {run_id}")
-    return JSONResponse(jsonable(row) | _split_error(row.last_error))
+    found: dict[str, Any] = jsonable(row) | _split_error(row.last_error)
+    found["payload"] = masked(found["payload"])
+    return JSONResponse(found)
 
 
 @_api
@@ -238,11 +242,13 @@ async def list_portals(request: Request) -> Response:
 
 @_api
 async def show_record(request: Request) -> Response:
-    """GET /admin/api/records/{portal}/{object_type}/{object_id}: the mirrored record."""
+    """GET /admin/api/records/{portal}/{object_type}/{object_id}: the mirrored record (values
+    masked)."""
     p = request.path_params
     found = await read(request, lambda c: queries.record(c, p["portal"], p["object_type"], p["id"]))
     if found is None:
         return _error(404, "not_found", "the mirror holds no such record")
+    found["properties"] = masked_properties(found["properties"])
     return JSONResponse(found)
 
 

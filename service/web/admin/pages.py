@@ -35,7 +35,7 @@ from service.web.admin.params import (
     fetch_key,
     run_filters,
 )
-from service.web.admin.present import masked, pretty
+from service.web.admin.present import masked, masked_properties, pretty
 from service.web.admin.rulebook import loaded_rules
 
 Page = Callable[[Request, auth.Session], Awaitable[Response]]
@@ -174,7 +174,7 @@ async def event(request: Request, session: auth.Session) -> Response:
             {"session": session, "error": f"No inbox event {event_id}."},
             status_code=404,
         )
-    context = {"event": found, "raw": pretty(masked(found["payload"]))}
+    context = {"event": found, "raw": pretty(found["payload"])}  # masked by event_detail
     return render(request, "event.html", {"session": session, **context})
 
 
@@ -265,8 +265,7 @@ async def record(request: Request, session: auth.Session) -> Response:
             {"session": session, "error": "The mirror holds no such record."},
             status_code=404,
         )
-    for prop in found["properties"]:
-        prop["value"] = masked(prop["value"], phone_field="phone" in prop["name"])
+    found["properties"] = masked_properties(found["properties"])
     return render(request, "record.html", {"session": session, "record": found})
 
 

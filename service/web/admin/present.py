@@ -1,8 +1,11 @@
-"""How rows leave the admin tree: as JSON-safe dicts, and with personal data masked for pages.
+"""How rows leave the admin tree: as JSON-safe dicts, with personal data masked.
 
-Pages show raw events with email addresses and phone numbers masked (`j***@example.com`,
-`***-**67`): an operator debugging a delivery needs its shape, not the contact's details.
-Tokens never reach this module: the queries select no token column.
+Pages and the JSON API alike show raw events, action payloads and mirrored values with email
+addresses and phone numbers masked (`j***@example.com`, `***-**67`): an operator debugging a
+delivery needs its shape, not the contact's details (the unmasked event stays in the database,
+for `hubspot-webhooks events show` on a machine that can reach it). Both go through `masked`
+here, so they cannot drift apart. Tokens never reach this module: the queries select no token
+column.
 """
 
 from __future__ import annotations
@@ -72,6 +75,15 @@ def masked(value: Any, *, phone_field: bool = False) -> Any:
             for k, v in value.items()
         }
     return value
+
+
+def masked_properties(properties: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A mirrored record's properties ({name, value, version}) with each value masked; a
+    property named like a phone is masked whenever it holds seven digits or more."""
+    return [
+        {**prop, "value": masked(prop["value"], phone_field=_is_phone_name(prop["name"]))}
+        for prop in properties
+    ]
 
 
 def _is_phone_name(name: str) -> bool:

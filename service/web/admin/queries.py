@@ -54,6 +54,11 @@ _CALLS = sa.text(
     "SELECT portal_id, outcome, sum(calls) AS calls, max(last_at) AS last_at"
     " FROM hubspot_api_calls GROUP BY portal_id, outcome ORDER BY portal_id, outcome"
 )
+# 429s in the minutes begun within the last 5 (the /metrics window), on the minute index.
+_RECENT_429S = sa.text(
+    "SELECT portal_id, sum(calls) AS calls FROM hubspot_api_call_minutes"
+    " WHERE minute > now() - interval '5 minutes' AND outcome = '429' GROUP BY portal_id"
+)
 _FIRED = sa.text("SELECT rule, status, count(*) AS n FROM action_runs GROUP BY rule, status")
 
 
@@ -101,7 +106,8 @@ def overview(connection: sa.Connection) -> dict[str, Any]:
 
 def portals(connection: sa.Connection) -> list[dict[str, Any]]:
     """Every portal with a token, a rate-limit budget or API calls: token state (never the
-    token), whether it needs a re-install, the budget used now and its calls by outcome."""
+    token), whether it needs a re-install, the budget used now, its calls by outcome and its
+    429s of the last five minutes."""
     found: dict[int, dict[str, Any]] = {}
 
     def portal(portal_id: int) -> dict[str, Any]:
@@ -113,6 +119,7 @@ def portals(connection: sa.Connection) -> list[dict[str, Any]]:
                 "needs_reinstall": False,
                 "rate_limits": [],
                 "api_calls": {},
+                "recent_429s": 0,
             },
         )
 
@@ -132,6 +139,8 @@ def portals(connection: sa.Connection) -> list[dict[str, Any]]:
         )
     for row in connection.execute(_CALLS):
         portal(row.portal_id)["api_calls"][row.outcome] = int(row.calls)
+    for row in connection.execute(_RECENT_429S):
+        portal(row.portal_id)["recent_429s"] = int(row.calls)
     return [found[p] for p in sorted(found)]
 
 

@@ -9,7 +9,15 @@ from starlette.testclient import TestClient
 
 from service.web.app import create_app
 from tests.factories import ADMIN_TOKEN, PORTAL, hubspot_event, numbered_event
-from tests.support import Store, breakable_worker, dead_run_and_fetch, make_settings
+from tests.fake_hubspot import FakeHubSpot
+from tests.support import (
+    DbClock,
+    MakeApi,
+    Store,
+    breakable_worker,
+    dead_run_and_fetch,
+    make_settings,
+)
 
 
 def test_the_admin_tree_is_404_when_admin_token_is_unset(clean_db: str) -> None:
@@ -150,7 +158,7 @@ def test_action_runs_list_show_and_replay(api: TestClient, store: Store, engine:
     assert [(r["rule"], r["status"]) for r in listed["items"]] == [("won", "dead")]
     assert listed["next"] is None
     run = api.get(f"/admin/api/actions/{listed['items'][0]['id']}").json()
-    assert run["payload"] == {"email": "ada@example.com"}
+    assert run["payload"] == {"email": "a***@example.com"}
     assert run["error"] == "HTTP 410 from the target"
     assert api.get("/admin/api/actions", params={"event": 2}).json()["items"] == []
 
@@ -200,6 +208,25 @@ def test_portals_show_token_state_and_never_the_token(api: TestClient, engine: s
     assert [p["portal_id"] for p in overview["portals_needing_reinstall"]] == [PORTAL]
 
 
+def test_portals_show_the_429s_of_the_last_five_minutes(
+    api: TestClient, engine: sa.Engine, fake: FakeHubSpot, make_api: MakeApi
+) -> None:
+    hubspot = make_api(limiter_sleep=DbClock(engine))
+    fake.fail_next(2, status=429)
+    hubspot.batch_read(PORTAL, "contacts", [101], ["email"])
+    with engine.begin() as connection:  # six minutes pass
+        connection.execute(
+            sa.text("UPDATE hubspot_api_call_minutes SET minute = minute - interval '6 minutes'")
+        )
+    fake.fail_next(1, status=429)
+    hubspot.batch_read(PORTAL, "contacts", [101], ["email"])
+
+    [portal] = api.get("/admin/api/portals").json()["items"]
+
+    assert portal["recent_429s"] == 1
+    assert portal["api_calls"] == {"429": 3, "ok": 2}
+
+
 def test_a_mirrored_record_has_versions_and_associations(
     api: TestClient, store: Store, engine: sa.Engine
 ) -> None:
@@ -229,6 +256,35 @@ def test_a_mirrored_record_has_versions_and_associations(
         (77, "contacts", 501),
     }
     assert api.get(f"/admin/api/records/{PORTAL}/contacts/502").status_code == 404
+
+
+def test_payloads_and_record_values_are_masked_as_the_pages_mask_them(
+    api: TestClient, store: Store, engine: sa.Engine
+) -> None:
+    store(
+        [
+            numbered_event(1, objectId=501),
+            numbered_event(2, objectId=501, propertyName="phone", propertyValue="+1 617 555 0134"),
+        ]
+    )
+    breakable_worker(engine).worker.drain()
+    dead_run_and_fetch(engine, inbox_id=1)
+
+    event = api.get("/admin/api/events/1")
+    assert event.json()["payload"]["propertyValue"] == "p***@example.com"
+    phone = api.get("/admin/api/events/2").json()
+    assert phone["payload"]["propertyValue"] == "***-**34"
+    [listed] = api.get("/admin/api/actions").json()["items"]
+    run = api.get(f"/admin/api/actions/{listed['id']}")
+    assert run.json()["payload"] == {"email": "a***@example.com"}
+    record = api.get(f"/admin/api/records/{PORTAL}/contacts/501")
+    values = {p["name"]: p["value"] for p in record.json()["properties"]}
+    assert (values["email"], values["phone"]) == ("p***@example.com", "***-**34")
+    for response in (event, run, record):
+        assert "@example.com" in response.text
+        assert "person1@" not in response.text
+        assert "ada@" not in response.text
+        assert "555" not in response.text
 
 
 def test_rules_show_how_often_each_fired(

@@ -8,7 +8,8 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from tests.factories import ADMIN_TOKEN, PORTAL, hubspot_event, numbered_event
-from tests.support import Store, breakable_worker, dead_run_and_fetch
+from tests.fake_hubspot import FakeHubSpot
+from tests.support import DbClock, MakeApi, Store, breakable_worker, dead_run_and_fetch
 
 PAGES = (
     "/admin/",
@@ -115,6 +116,19 @@ def test_empty_pages_say_what_to_do_next(admin_client: TestClient) -> None:
     assert "RULES_FILE" in admin_client.get("/admin/actions").text
     assert "hubspot-webhooks worker" in admin_client.get("/admin/").text
     assert "/oauth/install" in admin_client.get("/admin/portals").text
+
+
+def test_the_portals_page_shows_recent_429s(
+    admin_client: TestClient, engine: sa.Engine, fake: FakeHubSpot, make_api: MakeApi
+) -> None:
+    fake.fail_next(2, status=429)
+    make_api(limiter_sleep=DbClock(engine)).batch_read(PORTAL, "contacts", [101], ["email"])
+    log_in(admin_client)
+
+    page = admin_client.get("/admin/portals").text
+
+    assert "<th>429s, last 5 min</th>" in page
+    assert '<td><span class="s s-failed">2</span></td>' in page
 
 
 def test_the_raw_event_masks_emails_and_phone_numbers(
