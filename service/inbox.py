@@ -85,6 +85,10 @@ _RECORD_SQL = """
                %(signature_version)s,
                e
         FROM jsonb_array_elements(%(events)s::jsonb) AS e
+        -- In one total order of the key, oldest first: concurrent deliveries of overlapping
+        -- events (a retry racing its first delivery) take their row locks in the same order and
+        -- cannot deadlock, and ids follow occurredAt within a delivery.
+        ORDER BY 5, 1, 2, 3, 4
         ON CONFLICT ON CONSTRAINT pk_inbox_events DO NOTHING
         RETURNING subscription_type
     )

@@ -87,6 +87,32 @@ def test_same_event_twice_in_one_body_is_stored_once(clean_db: str, engine: sa.E
     assert [r.event_id for r in rows(engine)] == [1, 2]
 
 
+def test_concurrent_deliveries_of_the_same_events_in_any_order_never_deadlock(
+    clean_db: str, engine: sa.Engine
+) -> None:
+    # HubSpot's retry of a batch can race its first delivery, and two batches can overlap in
+    # another order; each insert takes its rows' locks in one order, so neither waits in a cycle.
+    events = [numbered_event(n) for n in range(1, 101)]
+    forward, backward = inbox.parse_batch(body(events)), inbox.parse_batch(body(events[::-1]))
+
+    async def run() -> list[int]:
+        url = db.libpq_url(clean_db)
+        first = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        second = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        stored = []
+        async with first, second:
+            for _ in range(10):
+                await first.execute("TRUNCATE inbox_events")
+                results = await asyncio.gather(
+                    inbox.record_delivery(first, forward, signature_version="v3"),
+                    inbox.record_delivery(second, backward, signature_version="v3"),
+                )
+                stored.append(sum(result.stored for result in results))
+        return stored
+
+    assert asyncio.run(run()) == [100] * 10
+
+
 def test_retry_with_a_different_attempt_number_is_stored_once(
     clean_db: str, engine: sa.Engine
 ) -> None:
