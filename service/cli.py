@@ -14,7 +14,7 @@ from service.devtools import receiver, send
 from service.hubspot.reconcile import OBJECT_TYPES
 from service.logs import configure_logging
 from service.models import INBOX_STATUSES
-from service.ops import arguments, commands, doctor, startup, tokenkeys
+from service.ops import arguments, commands, doctor, portals, purge, startup, tokenkeys
 from service.rules.language import RuleError
 from service.settings import WEBHOOK_PATH, Settings, SettingsError
 from service.web import server
@@ -145,6 +145,10 @@ def _parser() -> argparse.ArgumentParser:
     worker.set_defaults(run=_worker)
 
     _operator_commands(sub)
+    purging = sub.add_parser("purge", help="delete dead (or failed) inbox events older than AGE")
+    purge.add_arguments(purging)
+    purging.set_defaults(run=purge.main)
+    portals.add_arguments(sub.add_parser("portals", help="pause, resume or list portals"))
     keys = sub.add_parser("rotate-token-key", help="re-encrypt OAuth tokens with the first key")
     tokenkeys.add_arguments(keys)
     keys.set_defaults(run=lambda a, s: tokenkeys.rotate(s))

@@ -99,6 +99,7 @@ _CLAIM = sa.text(
     WITH pick AS (
         SELECT portal_id, object_type FROM hydration_requests
         WHERE status = 'pending' AND next_attempt_at <= now()
+          AND portal_id NOT IN (SELECT portal_id FROM portal_controls WHERE paused_at IS NOT NULL)
         ORDER BY next_attempt_at
         LIMIT 1
         FOR UPDATE SKIP LOCKED
@@ -122,7 +123,7 @@ _CLAIM = sa.text(
 
 
 def claim(connection: sa.Connection) -> Claim | None:
-    """Lease up to 100 due requests of one (portal, object type)."""
+    """Lease up to 100 due requests of one (portal, object type); paused portals wait."""
     rows = connection.execute(_CLAIM).all()
     if not rows:
         return None

@@ -26,6 +26,11 @@ INBOX_STATUSES = ("pending", "done", "failed", "dead", "ignored")
 # One row per distinct HubSpot event. The primary key is the dedupe key: eventId scoped by the
 # event's identity, never attemptNumber (HUBSPOT.md §2: eventId is not guaranteed unique).
 # Missing subscriptionId / objectId are stored as 0 so the key stays NOT NULL.
+# Partitioned by range of occurred_at, a column of that key, so a retry always meets its first
+# delivery in the same partition; service/partitions.py keeps the ranges (a day each, a DEFAULT
+# partition for the rest) and drops expired ones. `id` comes from a sequence (no identity column
+# on a partitioned table before PostgreSQL 17) and is indexed, not unique, in every partition (a
+# unique index must include the partition key); the sequence alone hands out each id once.
 inbox_events = sa.Table(
     "inbox_events",
     metadata,
@@ -34,7 +39,13 @@ inbox_events = sa.Table(
     sa.Column("event_id", sa.BigInteger, nullable=False),
     sa.Column("object_id", sa.BigInteger, nullable=False),
     sa.Column("occurred_at", sa.BigInteger, nullable=False, comment="HubSpot occurredAt, epoch ms"),
-    sa.Column("id", sa.BigInteger, sa.Identity(always=True), nullable=False, unique=True),
+    sa.Column(
+        "id",
+        sa.BigInteger,
+        sa.Sequence("inbox_events_id_seq"),
+        nullable=False,
+        server_default=sa.text("nextval('inbox_events_id_seq'::regclass)"),
+    ),
     sa.Column("subscription_type", sa.Text, nullable=False),
     sa.Column("signature_version", sa.Text, nullable=False),
     _now_column("received_at"),
@@ -46,6 +57,7 @@ inbox_events = sa.Table(
     sa.Column("processed_at", sa.DateTime(timezone=True)),
     sa.PrimaryKeyConstraint("portal_id", "subscription_id", "event_id", "object_id", "occurred_at"),
     sa.CheckConstraint("status IN ('pending', 'done', 'failed', 'dead', 'ignored')", name="status"),
+    sa.Index("ix_inbox_events_id", "id"),
     sa.Index(
         "ix_inbox_events_due",
         "next_attempt_at",
@@ -62,6 +74,7 @@ inbox_events = sa.Table(
         postgresql_include=["received_at"],
         postgresql_where=sa.text("processed_at IS NOT NULL"),
     ),
+    postgresql_partition_by="RANGE (occurred_at)",
 )
 
 # The mirror: one row per CRM record. Every field is a last-writer-wins register whose version
@@ -246,7 +259,8 @@ action_runs = sa.Table(
     sa.Column("inbox_id", sa.BigInteger, nullable=False),
     sa.Column("rule", sa.Text, nullable=False),
     sa.Column("action_index", sa.Integer, nullable=False),
-    sa.Column("id", sa.BigInteger, sa.Identity(always=True), nullable=False, unique=True),
+    # Unique by its identity; a plain index (a unique one would have to include portal_id).
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), nullable=False),
     sa.Column("action", sa.Text, nullable=False),
     sa.Column("object_type", sa.Text, nullable=False),
     sa.Column("object_id", sa.BigInteger, nullable=False),
@@ -266,6 +280,7 @@ action_runs = sa.Table(
         postgresql_where=sa.text("status IN ('pending', 'failed')"),
     ),
     sa.Index("ix_action_runs_object", "portal_id", "object_id"),
+    sa.Index("ix_action_runs_id", "id"),
     sa.Index("ix_action_runs_open", "status", postgresql_where=sa.text("status <> 'done'")),
 )
 
@@ -332,4 +347,27 @@ alert_states = sa.Table(
     sa.Column("pending_until", sa.DateTime(timezone=True), comment="a delivery's lease"),
     sa.PrimaryKeyConstraint("key"),
     sa.CheckConstraint("status IN ('ok', 'firing')", name="status"),
+)
+
+# The fair claim (service/inbox.py): each portal's due rows in claim order, so a claim finds the
+# portals with due work by a loose index scan and takes a share of each, whatever one portal's
+# backlog holds. Built per partition without blocking ingest (migration 0011).
+sa.Index(
+    "ix_inbox_events_due_by_portal",
+    inbox_events.c.portal_id,
+    inbox_events.c.next_attempt_at,
+    inbox_events.c.id,
+    postgresql_where=sa.text("status IN ('pending', 'failed')"),
+)
+
+# Operators' per-portal controls (service/portals.py): a paused portal's events are still stored
+# and acknowledged, but no stage claims its inbox rows, action runs or fetches until it resumes.
+portal_controls = sa.Table(
+    "portal_controls",
+    metadata,
+    sa.Column("portal_id", sa.BigInteger, nullable=False),
+    sa.Column("paused_at", sa.DateTime(timezone=True), comment="paused since; NULL: running"),
+    sa.Column("reason", sa.Text, comment="why, as the operator who paused it said"),
+    _now_column("updated_at"),
+    sa.PrimaryKeyConstraint("portal_id"),
 )

@@ -30,7 +30,7 @@ LEASE_SECONDS = 300
 RUN_STATUSES = ("pending", "done", "failed", "dead")
 
 
-def _notify(connection: sa.Connection) -> None:
+def wake(connection: sa.Connection) -> None:
     """Wake the act stage when this transaction commits (NOTIFY is transactional)."""
     connection.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": ACTIONS_CHANNEL})
 
@@ -60,7 +60,7 @@ def enqueue(connection: sa.Connection, runs: Sequence[Mapping[str, Any]]) -> int
     rows = json.dumps(list(runs), ensure_ascii=False, default=str)
     added = int(connection.execute(_ENQUEUE, {"rows": rows}).rowcount)
     if added:
-        _notify(connection)
+        wake(connection)
     return added
 
 
@@ -90,6 +90,7 @@ _CLAIM = sa.text(
     WHERE r.id IN (
         SELECT id FROM action_runs
         WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
+          AND portal_id NOT IN (SELECT portal_id FROM portal_controls WHERE paused_at IS NOT NULL)
         ORDER BY next_attempt_at, id
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
@@ -102,7 +103,8 @@ _CLAIM = sa.text(
 
 
 def claim(connection: sa.Connection, limit: int = 20) -> list[Run]:
-    """Lease up to `limit` due runs (a crashed executor's lease simply runs out)."""
+    """Lease up to `limit` due runs of portals not paused (a crashed executor's lease simply
+    runs out)."""
     return [Run(**row._mapping) for row in connection.execute(_CLAIM, {"limit": limit})]
 
 
@@ -208,7 +210,7 @@ def replay(connection: sa.Connection, filters: RunFilters) -> int:
         params,
     ).rowcount
     if count:
-        _notify(connection)
+        wake(connection)
     return int(count)
 
 

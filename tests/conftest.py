@@ -33,7 +33,15 @@ from tests.factories import (
 )
 from tests.fake_hubspot import FakeHubSpot
 from tests.receivers import Receiver
-from tests.support import Harness, MakeApi, MakeHarness, Sleeps, Store, store_events
+from tests.support import (
+    Harness,
+    MakeApi,
+    MakeHarness,
+    Sleeps,
+    Store,
+    empty_database,
+    store_events,
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -94,6 +102,38 @@ def clean_db(database_url: str, engine: sa.Engine) -> str:
             names = ", ".join(f'"{t}"' for t in tables)
             connection.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
     return database_url
+
+
+@pytest.fixture(scope="session")
+def migrated_template(database_url: str) -> Iterator[str]:
+    """The name of a migrated database nobody stays connected to, which `own_database` copies."""
+    with empty_database(database_url, "hubspot_webhooks_template") as url:
+        db.migrate(url)
+        yield str(sa.make_url(url).database)
+
+
+@pytest.fixture
+def own_database(database_url: str, migrated_template: str) -> Iterator[str]:
+    """A migrated database of the test's own, for tests that change the inbox's partitions
+    (the session's database keeps its layout for every other test)."""
+    name = f"hubspot_webhooks_own_{secrets.token_hex(4)}"
+    admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"'))
+    try:
+        yield sa.make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def own_engine(own_database: str) -> Iterator[sa.Engine]:
+    """An engine on `own_database`."""
+    eng = db.create_engine(own_database)
+    yield eng
+    eng.dispose()
 
 
 @pytest.fixture

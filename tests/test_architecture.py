@@ -35,6 +35,7 @@ OWNERS = {
     "pipeline_stages": "service/hubspot/pipelines.py",
     "worker_heartbeats": "service/heartbeats.py",
     "alert_states": "service/alerts.py",
+    "portal_controls": "service/portals.py",
 }
 # A write statement and its table; `ON CONFLICT .. DO UPDATE` is part of an INSERT.
 WRITE = re.compile(r"\b(?:INSERT\s+INTO|(?<!DO )UPDATE|DELETE\s+FROM|TRUNCATE)\s+([a-z_]+)")

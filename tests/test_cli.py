@@ -72,6 +72,7 @@ from tests.support import (
             {"DATABASE_URL": "postgres://x@h/d", "TOKEN_ENCRYPTION_KEY": "not-a-key"},
             "TOKEN_ENCRYPTION_KEY",
         ),
+        ({"DATABASE_URL": "postgres://x@h/d", "INBOX_RETENTION": "24h"}, "INBOX_RETENTION"),
     ],
 )
 def test_bad_configuration_stops_serve_with_one_line_and_exit_2(

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 
-from service import db, inbox
+from service import db, inbox, portals
 from tests.factories import PORTAL, hubspot_event, numbered_event
 
 
@@ -405,3 +407,166 @@ def test_scrub_skips_rows_a_worker_holds(mixed: str, database_url: str) -> None:
     assert list(held) == [1]
     assert after[1]["propertyValue"] == "ada@example.com"
     assert after[2]["propertyValue"] is None
+
+
+# --- claim_due is fair across portals ----------------------------------------------------------
+
+BULK = 1  # a portal with a bulk import's backlog
+
+
+def portal_events(portal: int, count: int) -> list[dict[str, Any]]:
+    """`count` property changes in one portal, stored by one statement (so due at one instant)."""
+    return [numbered_event(n, portalId=portal) for n in range(1, count + 1)]
+
+
+def by_portal(claimed: list[inbox.Claimed]) -> dict[int, list[int]]:
+    """Claimed row ids per portal, in claim order."""
+    grouped: dict[int, list[int]] = {}
+    for c in claimed:
+        grouped.setdefault(c.payload["portalId"], []).append(c.id)
+    return grouped
+
+
+def ids_of(engine: sa.Engine, portal: int) -> list[int]:
+    """The portal's row ids, oldest due first."""
+    with engine.connect() as connection:
+        return list(
+            connection.scalars(
+                sa.text(
+                    "SELECT id FROM inbox_events WHERE portal_id = :p ORDER BY next_attempt_at, id"
+                ),
+                {"p": portal},
+            )
+        )
+
+
+def claim_and_settle(engine: sa.Engine, limit: int) -> list[inbox.Claimed]:
+    """One batch, as a worker takes it: claimed, then settled done."""
+    with engine.begin() as connection:
+        claimed = inbox.claim_due(connection, limit)
+        inbox.settle(connection, [inbox.Outcome(c.id, "done") for c in claimed], max_attempts=3)
+    return claimed
+
+
+def test_one_portals_backlog_does_not_hold_up_the_others(clean_db: str, engine: sa.Engine) -> None:
+    record(clean_db, portal_events(BULK, 2_000))
+    for portal in (11, 12, 13):
+        record(clean_db, portal_events(portal, 3))
+
+    claimed = by_portal(claim(engine, limit=100))
+
+    assert {p: len(ids) for p, ids in claimed.items()} == {BULK: 91, 11: 3, 12: 3, 13: 3}
+    # The rest of the batch comes from the backlog, its oldest rows first.
+    assert claimed[BULK] == ids_of(engine, BULK)[:91]
+
+
+def test_portals_with_backlogs_share_the_batch(clean_db: str, engine: sa.Engine) -> None:
+    for portal in (21, 22, 23):
+        record(clean_db, portal_events(portal, 300))
+
+    claimed = by_portal(claim(engine, limit=100))
+
+    # 100 over 3: the portal that has waited longest takes the odd row.
+    assert {p: len(ids) for p, ids in claimed.items()} == {21: 34, 22: 33, 23: 33}
+    for portal, ids in claimed.items():
+        assert ids == ids_of(engine, portal)[: len(ids)]
+
+
+def test_more_portals_than_the_batch_take_turns_by_how_long_they_have_waited(
+    clean_db: str, engine: sa.Engine
+) -> None:
+    record(clean_db, portal_events(31, 3))
+    for portal in (32, 33, 34, 35, 36):
+        record(clean_db, portal_events(portal, 1))
+
+    first = by_portal(claim_and_settle(engine, 4))
+    second = by_portal(claim_and_settle(engine, 4))
+
+    assert {p: len(ids) for p, ids in first.items()} == {31: 1, 32: 1, 33: 1, 34: 1}
+    # Nobody starves: the portals left out come next, alongside what 31 still has.
+    assert {p: len(ids) for p, ids in second.items()} == {31: 2, 35: 1, 36: 1}
+
+
+def test_within_a_portal_the_oldest_due_row_comes_first(clean_db: str, engine: sa.Engine) -> None:
+    record(clean_db, portal_events(41, 6))
+    record(clean_db, portal_events(42, 6))
+    with engine.begin() as connection:
+        # Retries due at other times than their arrival order; one is still backing off.
+        connection.execute(
+            sa.text(
+                "UPDATE inbox_events SET status = 'failed', next_attempt_at = CASE"
+                " WHEN event_id = 6 THEN now() + interval '1 hour'"
+                " ELSE now() - (event_id % 3) * interval '1 minute' END"
+                " WHERE event_id IN (2, 3, 5, 6)"
+            )
+        )
+
+    claimed = by_portal(claim(engine, limit=100))
+
+    for portal in (41, 42):
+        due = ids_of(engine, portal)[:5]  # the last is the one backing off
+        assert claimed[portal] == due
+        assert len(set(due)) == 5
+
+
+def test_rows_of_one_portal_come_in_claim_order_across_batches(
+    clean_db: str, engine: sa.Engine
+) -> None:
+    record(clean_db, portal_events(BULK, 250))
+    record(clean_db, portal_events(43, 2))
+
+    taken = [c.id for _ in range(3) for c in claim_and_settle(engine, 100) if c.id <= 250]
+
+    assert taken == ids_of(engine, BULK)
+
+
+def test_a_paused_portal_is_never_claimed_until_it_resumes(
+    clean_db: str, engine: sa.Engine
+) -> None:
+    record(clean_db, portal_events(51, 3))
+    record(clean_db, portal_events(52, 2))
+    with engine.begin() as connection:
+        portals.pause(connection, 51, "bulk import")
+
+    assert set(by_portal(claim(engine))) == {52}
+    assert set(by_portal(claim_and_settle(engine, 10))) == {52}
+    assert claim(engine) == []
+
+    with engine.begin() as connection:
+        assert portals.resume(connection, 51)
+    assert by_portal(claim(engine)) == {51: ids_of(engine, 51)}
+
+
+def test_concurrent_claims_never_take_a_row_twice(clean_db: str, database_url: str) -> None:
+    record(clean_db, portal_events(BULK, 1_000))
+    for portal in range(60, 80):
+        record(clean_db, portal_events(portal, 5))
+    workers = 4
+    engine = db.create_engine(database_url, pool_size=workers, statement_timeout_ms=10_000)
+    taken: list[list[int]] = [[] for _ in range(workers)]
+    start = threading.Barrier(workers)
+
+    def work(mine: list[int]) -> None:
+        start.wait()
+        while True:
+            with engine.begin() as connection:
+                claimed = inbox.claim_due(connection, 50)
+                if not claimed:
+                    return
+                time.sleep(0.005)  # hold the batch while the others claim
+                outcomes = [inbox.Outcome(c.id, "done") for c in claimed]
+                inbox.settle(connection, outcomes, max_attempts=3)
+            mine.extend(c.id for c in claimed)
+
+    threads = [threading.Thread(target=work, args=(mine,)) for mine in taken]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        engine.dispose()
+
+    every = [i for mine in taken for i in mine]
+    assert sorted(every) == list(range(1, 1_101))
+    assert sum(1 for mine in taken if mine) > 1, "the workers should have shared the work"

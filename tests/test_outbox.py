@@ -17,12 +17,13 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import Webhook
 
-from service import inbox, outbox
+from service import inbox, outbox, portals
 from service.events import Event, Kind
 from service.rules.registry import Registry
 from tests.factories import (
     DEAL_WON,
     HOOK_PATH,
+    PORTAL,
     SLACK_PATH,
     WEBHOOK_SECRET,
     change,
@@ -282,6 +283,25 @@ def test_outbox_replay_delivers_a_dead_run_exactly_once(
 
     assert [r.status for r in receiver.requests] == [502, 200]
     assert [r.status for r in h.runs()] == ["done"]
+
+
+def test_a_paused_portals_runs_wait_and_run_once_when_it_resumes(
+    harness: MakeHarness, receiver: Receiver, engine: sa.Engine
+) -> None:
+    h = harness(DEAL_WON)
+    h.store(*big_deal(), change("deal", 301, 2000, "dealstage", "closedwon"))
+    h.apply()
+    with engine.begin() as connection:
+        portals.pause(connection, PORTAL, "a rule misfires")
+
+    assert h.act() == 0
+    assert receiver.count() == 0
+    assert [r.status for r in h.runs()] == ["pending", "pending"]
+
+    with engine.begin() as connection:
+        assert portals.resume(connection, PORTAL)
+    assert h.act() == 2
+    assert receiver.count() == 2
 
 
 # --- dry run, outages, privacy ---------------------------------------------------------------

@@ -181,3 +181,21 @@ def test_on_render_the_external_url_is_the_public_origin_unless_one_is_set() -> 
         Settings.from_env({"RENDER_EXTERNAL_URL": "onrender.com"})
     with pytest.raises(SettingsError, match="OAUTH_REDIRECT_URL"):
         Settings.from_env({"OAUTH_REDIRECT_URL": "https://x.example/oauth/callback?a=1"})
+
+
+def test_inbox_retention_defaults_to_a_week_and_reads_durations() -> None:
+    assert Settings.from_env({}).inbox_retention_seconds == 7 * 86400
+    assert Settings.from_env({"INBOX_RETENTION": "30d"}).inbox_retention_seconds == 30 * 86400
+    assert Settings.from_env({"INBOX_RETENTION": "48h"}).inbox_retention_seconds == 48 * 3600
+
+
+@pytest.mark.parametrize("value", ["1d", "24h", "47h", "3600"])
+def test_an_inbox_retention_inside_hubspots_retry_window_is_refused_by_name(value: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({"INBOX_RETENTION": value})
+
+    message = str(raised.value)
+    assert message.startswith("INBOX_RETENTION is invalid: ")
+    assert "shorter than 48h" in message
+    assert "retries a delivery for up to 24 hours" in message
+    assert "\n" not in message

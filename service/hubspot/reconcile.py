@@ -226,13 +226,16 @@ def reconcile(
 
 
 def known_portals(engine: sa.Engine) -> list[int]:
-    """Portals this service has heard of: OAuth installs and portals in the mirror."""
+    """Portals this service has heard of: OAuth installs and portals in the mirror, paused
+    portals aside (service/portals.py)."""
     with engine.connect() as connection:
         return list(
             connection.scalars(
                 sa.text(
                     "SELECT portal_id FROM hubspot_tokens WHERE NOT needs_reinstall"
-                    " UNION SELECT DISTINCT portal_id FROM crm_objects ORDER BY 1"
+                    " UNION SELECT DISTINCT portal_id FROM crm_objects"
+                    " EXCEPT SELECT portal_id FROM portal_controls WHERE paused_at IS NOT NULL"
+                    " ORDER BY 1"
                 )
             )
         )

@@ -136,6 +136,8 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()
     # Fernet keys for OAuth tokens at rest: the first encrypts, every one decrypts (rotation).
     token_encryption_keys: tuple[str, ...] = field(default=(), repr=False)
+    # How long done and ignored inbox rows are kept (service/partitions.py); at least 48 h.
+    inbox_retention_seconds: float = 7 * 86400.0
     # The environment as read, for `env:NAME` references in the rules file (secrets stay there).
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -196,6 +198,7 @@ class Settings:
             max_connections=r.get("MAX_CONNECTIONS", values.int_range(16, 1_000_000)),
             allowed_hosts=r.get("ALLOWED_HOSTS", values.host_list) or (),
             token_encryption_keys=r.get("TOKEN_ENCRYPTION_KEY", values.fernet_keys) or (),
+            inbox_retention_seconds=r.get("INBOX_RETENTION", values.retention) or 7 * 86400.0,
             environ=dict(env),
         )
 

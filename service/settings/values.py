@@ -221,6 +221,24 @@ def duration(value: str) -> float:
     return seconds
 
 
+# HubSpot retries a failed delivery for up to 24 hours after the first attempt. A row older than
+# the retention may go with its partition: were it still inside that window, a retry of it would
+# be stored again as new. 48 hours is that window plus a day of margin (late first deliveries).
+MIN_RETENTION_SECONDS = 48 * 3600
+
+
+def retention(value: str) -> float:
+    """A retention period: a duration of at least MIN_RETENTION_SECONDS (48 h)."""
+    seconds = duration(value)
+    if seconds < MIN_RETENTION_SECONDS:
+        raise ValueError(
+            f"{value!r} is shorter than 48h: HubSpot retries a delivery for up to 24 hours, and a"
+            " retry of an event whose partition was already dropped would be stored again as new"
+            " (48h is that window plus a day of margin)"
+        )
+    return seconds
+
+
 def rate(value: str) -> tuple[int, int]:
     """`100/10s`: at most 100 calls in any 10 seconds -> (100, 10000 ms)."""
     calls, sep, window = value.partition("/")

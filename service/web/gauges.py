@@ -8,9 +8,9 @@ done rows, the bulk, are counted exactly while the table is small and estimated 
 planner's statistics above `EXACT_COUNT_BELOW` rows; the apply lag reads the newest processed
 rows from an index alone; the recent API calls read the last few minutes of the per-minute
 counts (hubspot_api_call_minutes, a day of rows) through its index on `minute`. The tables keyed
-by portal (rate limits, tokens, API call totals) and the heartbeats hold a handful of rows and
-are read whole. If the database does not answer, only `hubspot_webhooks_database_up 0` is
-reported and the scrape still succeeds.
+by portal (rate limits, tokens, API call totals, paused portals) and the heartbeats hold a
+handful of rows and are read whole. If the database does not answer, only
+`hubspot_webhooks_database_up 0` is reported and the scrape still succeeds.
 """
 
 from __future__ import annotations
@@ -41,14 +41,19 @@ INBOX_STATUSES = ("pending", "failed", "dead", "ignored", "done")
 RUN_STATUSES = ("pending", "failed", "dead", "done")
 
 # Rows by status, the done rows aside; the table's size estimate from its statistics, scaled to
-# its current number of pages as the planner does.
+# its current number of pages as the planner does, summed over its partitions (a partitioned
+# table has no pages of its own); -1 when a partition holding pages has no statistics yet.
 _OPEN = "SELECT status, count(*) FROM {table} WHERE status <> 'done' GROUP BY status"
 _ESTIMATE = sa.text(
     """
-    SELECT CASE WHEN c.reltuples < 0 OR c.relpages = 0 THEN -1
-                ELSE c.reltuples / c.relpages
-                     * (pg_relation_size(c.oid) / current_setting('block_size')::float8) END
-    FROM pg_class c WHERE c.oid = CAST(:table AS regclass)
+    SELECT CASE WHEN bool_or(pg_relation_size(c.oid) > 0 AND (c.reltuples < 0 OR c.relpages = 0))
+                     OR NOT bool_or(pg_relation_size(c.oid) > 0) THEN -1
+                ELSE sum(CASE WHEN c.relpages = 0 THEN 0
+                              ELSE c.reltuples / c.relpages * (pg_relation_size(c.oid)
+                                   / current_setting('block_size')::float8) END) END
+    FROM pg_class c
+    WHERE (c.oid = CAST(:table AS regclass) AND c.relkind = 'r')
+       OR c.oid IN (SELECT relid FROM pg_partition_tree(CAST(:table AS regclass)) WHERE isleaf)
     """
 )
 _DONE = "SELECT count(*) FROM {table} WHERE status = 'done'"
@@ -109,6 +114,7 @@ _RATE_LIMITS = sa.text(
     """
 )
 _REINSTALL = sa.text("SELECT count(*) FROM hubspot_tokens WHERE needs_reinstall")
+_PAUSED = sa.text("SELECT count(*) FROM portal_controls WHERE paused_at IS NOT NULL")
 
 
 class DatabaseCollector(Collector):
@@ -153,6 +159,7 @@ class DatabaseCollector(Collector):
             recent = list(connection.execute(_API_CALLS_RECENT))
             limits = list(connection.execute(_RATE_LIMITS))
             reinstall = int(connection.execute(_REINSTALL).scalar_one())
+            paused = int(connection.execute(_PAUSED).scalar_one())
             live = len(heartbeats.live_workers(connection, heartbeats.LIVE_SECONDS))
         return [
             _labelled(
@@ -228,6 +235,12 @@ class DatabaseCollector(Collector):
                 reinstall,
             ),
             _gauge(
+                "portals_paused",
+                "Portals an operator paused: their events are stored but not applied, their"
+                " actions not run, their records not fetched (`hubspot-webhooks portals list`)",
+                paused,
+            ),
+            _gauge(
                 "workers_live",
                 f"Worker processes seen within {heartbeats.LIVE_SECONDS:.0f} s (0: no worker)",
                 live,
@@ -300,5 +313,6 @@ def queries() -> list[tuple[str, sa.TextClause, dict[str, str]]]:
         ("hubspot_api_call_minutes recent", _API_CALLS_RECENT, {}),
         ("rate_limits", _RATE_LIMITS, {}),
         ("hubspot_tokens", _REINSTALL, {}),
+        ("portal_controls", _PAUSED, {}),
     ]
     return named

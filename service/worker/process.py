@@ -1,8 +1,8 @@
 """One worker process: the apply loop in the main thread, the other stages in threads beside it.
 
 `run` is `hubspot-webhooks worker`: apply (stage 2) in the calling thread; act (4), hydrate (3),
-the hourly prune (5) and, when configured, the scheduled reconcile, pipeline-label refresh and
-alerts every ALERT_INTERVAL (5) in daemon threads.
+the hourly prune and the inbox's partitions (5) and, when configured, the scheduled reconcile,
+pipeline-label refresh and alerts every ALERT_INTERVAL (5) in daemon threads.
 SIGTERM or SIGINT sets one stop event: the current batch finishes, every loop ends, exit 0.
 `in_background` is the same set of stages inside `dev`, beside the web server.
 """
@@ -30,7 +30,14 @@ from service.worker.act import ActionRunner
 from service.worker.apply import Worker
 from service.worker.heartbeat import Heartbeat
 from service.worker.loop import Wakeup, run_loop
-from service.worker.upkeep import PRUNE_SECONDS, Alerts, prune, run_reconcile
+from service.worker.upkeep import (
+    PARTITIONS_SECONDS,
+    PRUNE_SECONDS,
+    Alerts,
+    keep_partitions,
+    prune,
+    run_reconcile,
+)
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +235,7 @@ def _stages(
     if settings.alert_slack_webhook_url or settings.alert_webhook_url:
         start("alerts", Alerts(engine, settings).step, settings.alert_interval_seconds, None)
     start("prune", lambda: prune(engine), PRUNE_SECONDS, None)
+    start("partitions", lambda: keep_partitions(engine, settings), PARTITIONS_SECONDS, None)
     for thread in threads:
         thread.start()
     try:

@@ -25,6 +25,11 @@ The conditions, each read from Postgres:
 `prune` deletes what only grows and is needed for a while: the per-minute API call counts older
 than a day, through their owner (service/hubspot/client.py); each worker runs it every
 `PRUNE_SECONDS`.
+
+`keep_partitions` keeps the inbox's partitions (service/partitions.py): the next days' created
+ahead, those older than INBOX_RETENTION dropped with their done and ignored rows (pending, failed
+and dead rows are put back first); each worker runs it every `PARTITIONS_SECONDS`, an advisory
+lock lets one of them work at a time.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from service import alerts, outbox
+from service import alerts, inbox, outbox, partitions
 from service.alerting import direct
 from service.alerting import messages as alert_messages
 from service.hubspot.client import HubSpotApi, prune_call_minutes
@@ -47,6 +52,7 @@ log = logging.getLogger(__name__)
 
 NO_WORKER_SECONDS = direct.NO_WORKER_SECONDS
 PRUNE_SECONDS = 3600.0
+PARTITIONS_SECONDS = 600.0
 RATE_LIMIT_429S = 10
 RATE_LIMIT_WINDOW = 300.0
 
@@ -181,6 +187,25 @@ def prune(engine: sa.Engine) -> int:
         pruned = prune_call_minutes(connection)
     if pruned:
         log.info("api_call_minutes_pruned", extra={"rows": pruned})
+    return 0
+
+
+def keep_partitions(engine: sa.Engine, settings: Settings) -> int:
+    """Create the inbox's partitions ahead and drop the expired ones; returns 0 (the loop then
+    waits PARTITIONS_SECONDS). Another worker doing it right now: nothing to do."""
+    report = partitions.maintain(engine, inbox.partitioning(settings.inbox_retention_seconds))
+    if report is not None and (report.created or report.dropped or report.busy or report.cleaned):
+        log.info(
+            "inbox_partitions_kept",
+            extra={
+                "partitions_created": report.created,
+                "partitions_dropped": report.dropped,
+                "rows_moved": report.moved,
+                "rows_kept": report.kept,
+                "rows_cleaned": report.cleaned,
+                "busy": report.busy,
+            },
+        )
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from service import db, fetches, mirror
+from service import db, fetches, mirror, portals
 from service.hubspot.client import HubSpotApi, Record, default_budgets
 from service.hubspot.hydration import Hydrator, properties_for
 from service.hubspot.ratelimit import RateLimiter
@@ -90,6 +90,24 @@ def test_created_records_are_fetched_and_missing_ones_archived(
     assert rows[999].properties == {}
     assert requests(engine) == []
     assert fake.count(BATCH_READ) == 1
+
+
+def test_a_paused_portals_records_wait_to_be_fetched_until_it_resumes(
+    store: Store, worker: Worker, engine: sa.Engine, fake: FakeHubSpot, hydrator: Hydrator
+) -> None:
+    store(created("contacts", [101, 102]))
+    worker.drain()
+    with engine.begin() as connection:
+        portals.pause(connection, PORTAL)
+
+    assert hydrator.drain() == 0
+    assert fake.count(BATCH_READ) == 0
+    assert len(requests(engine)) == 2
+
+    with engine.begin() as connection:
+        portals.resume(connection, PORTAL)
+    assert hydrator.drain() == 2
+    assert mirrored(engine)[101].properties["email"] == "ada@example.com"
 
 
 def test_requests_are_coalesced_per_portal_and_type_into_reads_of_100(  # noqa: PLR0917 - one parameter per fixture

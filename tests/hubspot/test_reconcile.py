@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from service import db
+from service import db, portals
 from service.hubspot.client import HubSpotApi, HubSpotError, HubSpotUnavailable, default_budgets
 from service.hubspot.ratelimit import Budget
 from service.hubspot.reconcile import (
@@ -424,3 +424,7 @@ def test_known_portals_are_installs_in_good_standing_and_portals_in_the_mirror(
     worker.drain()
 
     assert known_portals(engine) == [PORTAL, OTHER_PORTAL]
+    # The scheduled reconcile leaves a paused portal alone (service/portals.py).
+    with engine.begin() as connection:
+        portals.pause(connection, OTHER_PORTAL)
+    assert known_portals(engine) == [PORTAL]

@@ -11,11 +11,12 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from starlette.testclient import TestClient
 
-from service import heartbeats, outbox
+from service import heartbeats, outbox, portals
 from service.events import Event, Kind
 from service.hubspot.client import HubSpotApi
 from service.settings import WEBHOOK_PATH
 from service.web.app import create_app
+from service.web.gauges import queries
 from service.worker.apply import Worker
 from tests.factories import METRICS_TOKEN, PORTAL, action_run, change, hs
 from tests.fake_hubspot import FakeHubSpot
@@ -194,6 +195,17 @@ def test_no_live_worker_shows_as_zero(client: TestClient, engine: sa.Engine) -> 
     assert value(metrics_of(client), "workers_live") == 0
 
 
+def test_paused_portals_are_counted(client: TestClient, engine: sa.Engine) -> None:
+    assert value(metrics_of(client), "portals_paused") == 0
+    with engine.begin() as connection:
+        portals.pause(connection, PORTAL, "bulk import")
+        portals.pause(connection, 7)
+        portals.pause(connection, 8)
+        portals.resume(connection, 8)
+
+    assert value(metrics_of(client), "portals_paused") == 2
+
+
 def test_known_answers_are_exported_at_zero_before_any_delivery(client: TestClient) -> None:
     samples = metrics_of(client)
 
@@ -240,3 +252,15 @@ def test_a_database_that_does_not_answer_is_database_up_zero_not_a_failed_scrape
     assert value(samples, "database_up") == 0
     assert value(samples, "deliveries_total", code="200", reason="stored") == 0
     assert not any(name == P + "inbox_events" for name, _ in samples)
+
+
+def test_the_size_estimate_of_the_partitioned_inbox_sums_its_partitions(
+    client: TestClient, engine: sa.Engine
+) -> None:
+    # The estimate spares a scrape counting a large table's done rows; a partitioned table has
+    # no pages of its own, so it must come from its partitions, or every scrape counts.
+    assert post_events(client, [hs("contact.creation", n, 1000) for n in range(1, 41)]).is_success
+    with engine.begin() as connection:
+        connection.execute(sa.text("ANALYZE inbox_events"))
+        [(_, estimate, params)] = [q for q in queries() if q[0] == "inbox_events size estimate"]
+        assert connection.execute(estimate, params).scalar_one() == 40

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from service import db, inbox
+from service import db, inbox, portals
 from service.events import Event, Kind
 from service.rules.registry import Registry
 from service.worker.apply import Worker
@@ -635,6 +635,29 @@ def test_a_running_worker_polls_for_rows_that_became_due_without_a_notify(
         connection.execute(sa.text("UPDATE inbox_events SET next_attempt_at = now()"))
 
     wait_for(lambda: statuses(engine) == {1: "done"}, timeout=3)
+
+
+def test_a_paused_portal_waits_and_resuming_wakes_the_worker_to_drain_it(
+    store: Store, engine: sa.Engine, running: Callable[[Worker], Running]
+) -> None:
+    paused_portal = 4242
+    with engine.begin() as connection:
+        portals.pause(connection, paused_portal, "bulk import")
+    running(Worker(engine, poll_seconds=30, handlers=Registry()))
+    wait_for(lambda: listening(engine), timeout=5)
+    store([hs("contact.creation", i, 1000, portalId=paused_portal) for i in (1, 2, 3)])
+    store([hs("contact.creation", 9, 1000)])
+    wait_for(lambda: statuses(engine)[9] == "done", timeout=5)
+    time.sleep(0.3)  # the paused portal's rows were stored and acknowledged, not applied
+    assert statuses(engine) == {1: "pending", 2: "pending", 3: "pending", 9: "done"}
+
+    with engine.begin() as connection:
+        assert portals.resume(connection, paused_portal)
+        inbox.wake(connection)
+
+    # Polling is 30 s away: only the NOTIFY of the resume can wake the worker this soon.
+    took = wait_for(lambda: set(statuses(engine).values()) == {"done"}, timeout=5)
+    assert took < 2.0
 
 
 def test_stop_during_a_batch_lets_the_batch_finish(

@@ -314,7 +314,7 @@ def test_a_running_worker_beats_and_removes_its_heartbeat_on_sigterm(
 
     [row] = heartbeat_rows()
     assert row.pid == worker.process.pid
-    assert row.stages == ["apply", "act", "prune"], "no API credentials: no hydrate stage"
+    assert row.stages == ["apply", "act", "prune", "partitions"], "no API: no hydrate stage"
     worker.process.send_signal(signal.SIGTERM)
     assert worker.process.wait(timeout=WAIT_SECONDS) == 0
     assert heartbeat_rows() == [], "a clean exit deletes its row"
@@ -330,6 +330,6 @@ def test_a_worker_with_an_alert_target_runs_the_alert_loop(
     worker = spawn_worker("alerting", ALERT_SLACK_WEBHOOK_URL="http://127.0.0.1:9/alerts")
     worker.wait_for(lambda: len(stages()) == 1, "heartbeat row")
 
-    assert stages() == [["apply", "act", "alerts", "prune"]]
+    assert stages() == [["apply", "act", "alerts", "prune", "partitions"]]
     worker.process.send_signal(signal.SIGTERM)
     assert worker.process.wait(timeout=WAIT_SECONDS) == 0

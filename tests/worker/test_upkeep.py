@@ -4,6 +4,7 @@ webhook signed as Standard Webhooks; Slack's payload; delivery retried through t
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,8 +15,15 @@ from service import inbox, outbox
 from service.hubspot.client import MAX_TRIES, HubSpotApi, HubSpotUnavailable
 from service.hubspot.oauth import Tokens, save_tokens
 from service.hubspot.sealing import TokenCipher
+from service.settings import Settings
 from service.worker.apply import Worker
-from service.worker.upkeep import RATE_LIMIT_429S, RATE_LIMIT_WINDOW, prune, run_reconcile
+from service.worker.upkeep import (
+    RATE_LIMIT_429S,
+    RATE_LIMIT_WINDOW,
+    keep_partitions,
+    prune,
+    run_reconcile,
+)
 from tests.alerting import ALERT_HOOK_PATH, ALERT_SLACK_PATH, AlertFleet
 from tests.factories import PORTAL, TOKEN_KEY, WEBHOOK_SECRET, numbered_event
 from tests.fake_hubspot import FakeHubSpot
@@ -139,6 +147,32 @@ def test_429s_already_in_the_window_when_the_loops_first_look_fire(
             api.batch_read(PORTAL, "contacts", [101], ["email"])
 
     fires_once(fleet, "rate_limited")
+
+
+def test_upkeep_keeps_the_inbox_partitions_ready_days_ahead(
+    own_engine: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    def partitions() -> list[str]:
+        with own_engine.connect() as connection:
+            return list(
+                connection.scalars(
+                    sa.text(
+                        "SELECT inhrelid::regclass::text FROM pg_inherits"
+                        " WHERE inhparent = 'inbox_events'::regclass ORDER BY 1"
+                    )
+                )
+            )
+
+    migrated = partitions()
+    with own_engine.begin() as connection:  # as if a day had passed: one day fewer ahead
+        connection.execute(sa.text(f"DROP TABLE {migrated[-2]}"))
+
+    with caplog.at_level(logging.INFO, logger="service.worker.upkeep"):
+        assert keep_partitions(own_engine, Settings.from_env({})) == 0  # then it waits
+
+    assert partitions() == migrated
+    [kept] = [r for r in caplog.records if r.getMessage() == "inbox_partitions_kept"]
+    assert getattr(kept, "partitions_created", None) == [migrated[-2]]
 
 
 def test_upkeep_prunes_api_call_minutes_older_than_a_day(

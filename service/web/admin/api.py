@@ -2,8 +2,9 @@
 
 Reads query the tables (lists are newest first, paged by a `next` cursor: pass it back as
 `?before=` or, for hydration, `?after=`); every change goes through the table's owner:
-`inbox.replay`, `outbox.replay`, `fetches.retry`. A bad parameter is 400 naming it; a missing or
-wrong token is 401; with ADMIN_TOKEN unset the whole /admin tree is 404 (see the package).
+`inbox.replay`, `outbox.replay`, `fetches.retry`, `portals.pause` and `portals.resume`. A bad
+parameter is 400 naming it; a missing or wrong token is 401; with ADMIN_TOKEN unset the whole
+/admin tree is 404 (see the package).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import db, fetches, inbox, outbox
+from service import db, fetches, inbox, outbox, portals
 from service.web.admin import auth, queries
 from service.web.admin.database import read, write
 from service.web.admin.params import (
@@ -28,6 +29,7 @@ from service.web.admin.params import (
     fetch_filters,
     fetch_key,
     is_unfiltered,
+    portal_id,
     run_filters,
 )
 from service.web.admin.present import jsonable, masked, masked_properties
@@ -236,8 +238,43 @@ async def retry_fetches(request: Request) -> Response:
 
 @_api
 async def list_portals(request: Request) -> Response:
-    """GET /admin/api/portals: token state, re-install needed, rate-limit use, API calls."""
-    return JSONResponse({"items": await read(request, queries.portals)})
+    """GET /admin/api/portals: token state, re-install needed, rate-limit use, API calls,
+    events waiting, paused or not."""
+    return JSONResponse({"items": await read(request, queries.portal_list)})
+
+
+def resume_portal(connection: Any, portal: int) -> bool:
+    """Resume the portal and wake the apply and act stages; False when it was not paused."""
+    resumed = portals.resume(connection, portal)
+    if resumed:
+        inbox.wake(connection)
+        outbox.wake(connection)
+    return resumed
+
+
+@_api
+async def pause_portal(request: Request) -> Response:
+    """POST /admin/api/portals/{portal}/pause, {"reason": "..."} optional: its events are still
+    stored and acknowledged, but nothing is applied, run or fetched for it until it resumes."""
+    portal = portal_id(request.path_params["portal"])
+    reason = (await _body(request)).get("reason")
+    control = await write(request, lambda c: portals.pause(c, portal, reason))
+    return JSONResponse(
+        {
+            "portal_id": portal,
+            "paused": True,
+            "paused_at": jsonable(control.paused_at),
+            "reason": control.reason,
+        }
+    )
+
+
+@_api
+async def resume_portal_now(request: Request) -> Response:
+    """POST /admin/api/portals/{portal}/resume: its waiting events are applied at once."""
+    portal = portal_id(request.path_params["portal"])
+    resumed = await write(request, lambda c: resume_portal(c, portal))
+    return JSONResponse({"portal_id": portal, "paused": False, "resumed": resumed})
 
 
 @_api
@@ -277,6 +314,8 @@ routes = [
     Route("/hydration/retry", retry_fetches, methods=["POST"]),
     Route(FETCH + "/retry", retry_fetch, methods=["POST"]),
     Route("/portals", list_portals, methods=["GET"]),
+    Route("/portals/{portal:int}/pause", pause_portal, methods=["POST"]),
+    Route("/portals/{portal:int}/resume", resume_portal_now, methods=["POST"]),
     Route(RECORD, show_record, methods=["GET"]),
     Route("/rules", list_rules, methods=["GET"]),
 ]

@@ -1,9 +1,10 @@
-"""/admin's forms: log in and out, and the changes an operator makes (replay, retry).
+"""/admin's forms: log in and out, and the changes an operator makes (replay, retry, pause).
 
 Forms are posted urlencoded and read here without python-multipart. Every change needs a valid
 session and the session's CSRF token (a POST without it is 403), and goes through the table's
-owner (`inbox.replay`, `outbox.replay`, `fetches.retry`); the answer redirects back (303) with a
-notice. Login compares the token in constant time and never echoes it.
+owner (`inbox.replay`, `outbox.replay`, `fetches.retry`, `portals.pause` and `portals.resume`);
+the answer redirects back (303) with a notice. Login compares the token in constant time and
+never echoes it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from service import db, fetches, inbox, outbox
+from service import db, fetches, inbox, outbox, portals
 from service.web.admin import auth
+from service.web.admin.api import resume_portal
 from service.web.admin.database import write
 from service.web.admin.pages import render
-from service.web.admin.params import BadParameter, event_filters
+from service.web.admin.params import BadParameter, event_filters, portal_id
 
 MAX_FORM_BYTES = 16 * 1024
 Change = Callable[[Request, dict[str, str]], Awaitable[Response]]
@@ -134,6 +136,23 @@ async def retry_fetch(request: Request, form: dict[str, str]) -> Response:
     return _back("/admin/hydration", "retried" if count else "nothing")
 
 
+@_change
+async def pause_portal(request: Request, form: dict[str, str]) -> Response:
+    """POST /admin/portals/{portal}/pause, or /admin/portals/pause with a `portal` field."""
+    portal = portal_id(request.path_params.get("portal", form.get("portal", "")))
+    reason = form.get("reason")
+    await write(request, lambda c: portals.pause(c, portal, reason))
+    return _back("/admin/portals", "paused")
+
+
+@_change
+async def resume_portal_form(request: Request, form: dict[str, str]) -> Response:
+    """POST /admin/portals/{portal}/resume: its waiting events are applied at once."""
+    portal = portal_id(request.path_params["portal"])
+    resumed = await write(request, lambda c: resume_portal(c, portal))
+    return _back("/admin/portals", "resumed" if resumed else "not_paused")
+
+
 routes = [
     Route("/login", login_form, methods=["GET"]),
     Route("/login", login, methods=["POST"]),
@@ -146,4 +165,7 @@ routes = [
         retry_fetch,
         methods=["POST"],
     ),
+    Route("/portals/pause", pause_portal, methods=["POST"]),
+    Route("/portals/{portal:int}/pause", pause_portal, methods=["POST"]),
+    Route("/portals/{portal:int}/resume", resume_portal_form, methods=["POST"]),
 ]

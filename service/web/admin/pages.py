@@ -44,6 +44,10 @@ NOTICES = {
     "replayed_many": "Re-queued every matching item: the workers pick them up within moments.",
     "retried": "Re-queued the fetch: the hydrate stage fetches it within moments.",
     "nothing": "Nothing matched, so nothing was re-queued.",
+    "paused": "Paused: its events are still stored; nothing is applied, run or fetched for it"
+    " until it resumes.",
+    "resumed": "Resumed: the workers apply its waiting events within moments.",
+    "not_paused": "That portal was not paused.",
 }
 
 templates = Jinja2Templates(
@@ -236,8 +240,9 @@ async def hydration(request: Request, session: auth.Session) -> Response:
 
 @_page
 async def portals(request: Request, session: auth.Session) -> Response:
-    """GET /admin/portals: token state, re-install needed, rate-limit use, API calls."""
-    found = await read(request, queries.portals)
+    """GET /admin/portals: token state, re-install needed, rate-limit use, API calls, events
+    waiting; pause and resume."""
+    found = await read(request, queries.portal_list)
     private = request.app.state.config.settings.access_token is not None
     return render(
         request, "portals.html", {"session": session, "portals": found, "private": private}

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from service import fetches, inbox, outbox
+from service import fetches, inbox, outbox, portals
 from service.models import INBOX_STATUSES
 
 PAGE_SIZE = 50
@@ -35,6 +35,17 @@ def _int(query: Mapping[str, str], name: str) -> int | None:
     if not value.isdigit() or len(value) > 19:
         raise BadParameter(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
+
+
+def portal_id(value: object) -> int:
+    """A portal (HubSpot account) id from a path or a form: a positive integer below 2^63."""
+    text = str(value).strip()
+    try:
+        return portals.check_portal(int(text) if text.isdigit() else 0)
+    except portals.InvalidPortal:
+        raise BadParameter(
+            f"portal must be a portal (HubSpot account) id, a positive integer, got {text!r}"
+        ) from None
 
 
 def _time(query: Mapping[str, str], name: str, now: datetime) -> datetime | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from service import heartbeats
+from service import heartbeats, portals
 from service.web.admin.present import jsonable
 
 CHART_MINUTES = 60
@@ -104,10 +104,10 @@ def overview(connection: sa.Connection) -> dict[str, Any]:
     }
 
 
-def portals(connection: sa.Connection) -> list[dict[str, Any]]:
-    """Every portal with a token, a rate-limit budget or API calls: token state (never the
-    token), whether it needs a re-install, the budget used now, its calls by outcome and its
-    429s of the last five minutes."""
+def portal_list(connection: sa.Connection) -> list[dict[str, Any]]:
+    """Every portal with a token, a rate-limit budget, API calls, events waiting or a pause:
+    token state (never the token), whether it needs a re-install, the budget used now, its calls
+    by outcome, its 429s of the last five minutes, its backlog and whether it is paused."""
     found: dict[int, dict[str, Any]] = {}
 
     def portal(portal_id: int) -> dict[str, Any]:
@@ -120,6 +120,11 @@ def portals(connection: sa.Connection) -> list[dict[str, Any]]:
                 "rate_limits": [],
                 "api_calls": {},
                 "recent_429s": 0,
+                "paused": False,
+                "paused_at": None,
+                "pause_reason": None,
+                "due_events": 0,
+                "oldest_due_seconds": 0.0,
             },
         )
 
@@ -141,6 +146,14 @@ def portals(connection: sa.Connection) -> list[dict[str, Any]]:
         portal(row.portal_id)["api_calls"][row.outcome] = int(row.calls)
     for row in connection.execute(_RECENT_429S):
         portal(row.portal_id)["recent_429s"] = int(row.calls)
+    for control in portals.paused(connection):
+        portal(control.portal_id).update(
+            paused=True, paused_at=jsonable(control.paused_at), pause_reason=control.reason
+        )
+    for portal_id, waiting in portals.backlogs(connection).items():
+        portal(portal_id).update(
+            due_events=waiting.due, oldest_due_seconds=round(waiting.oldest_due_seconds, 1)
+        )
     return [found[p] for p in sorted(found)]
 
 

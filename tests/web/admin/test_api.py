@@ -7,7 +7,9 @@ from pathlib import Path
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 
+from service.rules.registry import Registry
 from service.web.app import create_app
+from service.worker.apply import Worker
 from tests.factories import ADMIN_TOKEN, PORTAL, hubspot_event, numbered_event
 from tests.fake_hubspot import FakeHubSpot
 from tests.support import (
@@ -225,6 +227,45 @@ def test_portals_show_the_429s_of_the_last_five_minutes(
 
     assert portal["recent_429s"] == 1
     assert portal["api_calls"] == {"429": 3, "ok": 2}
+
+
+def test_pausing_a_portal_holds_its_events_and_resuming_lets_a_drain_apply_them(
+    api: TestClient, admin_client: TestClient, store: Store, engine: sa.Engine
+) -> None:
+    paused = api.post(f"/admin/api/portals/{PORTAL}/pause", json={"reason": "bulk import"})
+    assert paused.status_code == 200
+    body = paused.json()
+    assert (body["portal_id"], body["paused"], body["reason"]) == (PORTAL, True, "bulk import")
+    assert body["paused_at"].startswith("20")
+    store([numbered_event(1), numbered_event(2, portalId=7)])
+    worker = Worker(engine, handlers=Registry())
+
+    assert worker.drain() == 1  # portal 7's event; PORTAL's waits
+    listed = {p["portal_id"]: p for p in api.get("/admin/api/portals").json()["items"]}
+    assert (listed[PORTAL]["paused"], listed[PORTAL]["pause_reason"]) == (True, "bulk import")
+    assert listed[PORTAL]["due_events"] == 1
+    assert 7 not in listed  # nothing waiting, no token, no calls: nothing to show
+
+    resumed = api.post(f"/admin/api/portals/{PORTAL}/resume")
+    assert resumed.json() == {"portal_id": PORTAL, "paused": False, "resumed": True}
+    assert worker.drain() == 1
+    assert api.get("/admin/api/portals").json()["items"] == []  # running, nothing waiting
+    assert api.post(f"/admin/api/portals/{PORTAL}/resume").json()["resumed"] is False
+
+
+def test_pause_and_resume_need_the_bearer_token_and_a_real_portal_id(
+    api: TestClient, admin_client: TestClient
+) -> None:
+    del admin_client.headers["Authorization"]
+    assert admin_client.post(f"/admin/api/portals/{PORTAL}/pause").status_code == 401
+    assert admin_client.post(f"/admin/api/portals/{PORTAL}/resume").status_code == 401
+    admin_client.headers.update({"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    for portal in (0, 2**63):
+        refused = api.post(f"/admin/api/portals/{portal}/pause")
+        assert refused.status_code == 400
+        assert refused.json()["error"] == "bad_parameter"
+    assert api.post(f"/admin/api/portals/{PORTAL}/pause", content=b"[1]").status_code == 400
+    assert api.get("/admin/api/portals").json()["items"] == []
 
 
 def test_a_mirrored_record_has_versions_and_associations(

@@ -189,6 +189,47 @@ def test_replay_every_matching_event_needs_a_filter(
         )
 
 
+def paused_portals(engine: sa.Engine) -> list[tuple[int, str | None]]:
+    with engine.connect() as connection:
+        return [
+            (r.portal_id, r.reason)
+            for r in connection.execute(
+                sa.text("SELECT portal_id, reason FROM portal_controls WHERE paused_at IS NOT NULL")
+            )
+        ]
+
+
+def test_the_portals_page_pauses_and_resumes_a_portal_with_the_csrf_token(
+    admin_client: TestClient, store: Store, engine: sa.Engine
+) -> None:
+    store([numbered_event(1)])
+    csrf = log_in(admin_client)
+    page = admin_client.get("/admin/portals").text
+    assert f'action="/admin/portals/{PORTAL}/pause"' in page  # it has an event waiting
+
+    assert admin_client.post(f"/admin/portals/{PORTAL}/pause").status_code == 403
+    assert admin_client.post("/admin/portals/pause", data={"portal": "7"}).status_code == 403
+    assert paused_portals(engine) == []
+
+    by_id = admin_client.post(
+        "/admin/portals/pause", data={"csrf": csrf, "portal": "7", "reason": "uninstalled"}
+    )
+    assert by_id.url.path == "/admin/portals"
+    assert "Paused: its events are still stored" in by_id.text
+    assert 'action="/admin/portals/7/resume"' in by_id.text
+    assert "uninstalled" in by_id.text
+    admin_client.post(f"/admin/portals/{PORTAL}/pause", data={"csrf": csrf})
+    assert sorted(paused_portals(engine)) == [(7, "uninstalled"), (PORTAL, None)]
+
+    resumed = admin_client.post("/admin/portals/7/resume", data={"csrf": csrf})
+    assert "Resumed" in resumed.text
+    assert 'action="/admin/portals/7/' not in resumed.text  # running, nothing waiting
+    assert paused_portals(engine) == [(PORTAL, None)]
+    bad = admin_client.post("/admin/portals/pause", data={"csrf": csrf, "portal": "0"})
+    assert bad.status_code == 400
+    assert "portal must be a portal (HubSpot account) id" in bad.text
+
+
 def test_logout_ends_the_session(admin_client: TestClient) -> None:
     csrf = log_in(admin_client)
     response = admin_client.post("/admin/logout", data={"csrf": csrf})
