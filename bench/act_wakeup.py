@@ -73,6 +73,7 @@ def _run(index: int, listen: bool) -> dict[str, Any]:
         "inbox_id": index + (1_000_000 if listen else 0),
         "rule": "bench",
         "action_index": 0,
+        "event_occurred_at": int(time.time() * 1000),
         "action": "log",
         "object_type": "contacts",
         "object_id": index,

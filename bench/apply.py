@@ -578,7 +578,8 @@ def naive_apply_one(engine: sa.Engine) -> bool:
             return False
         row = claimed[0]
         mirror.apply_events(connection, [normalise(row.id, row.payload)])
-        inbox.settle(connection, [inbox.Outcome(row.id, "done")], max_attempts=10)
+        outcome = inbox.Outcome(row.id, row.occurred_at, "done")
+        inbox.settle(connection, [outcome], max_attempts=10)
     return True
 
 

@@ -59,7 +59,7 @@ MAX_RUN_SECONDS = 1_800.0
 # The claim this benchmark compares with: today's before issue 11, the globally oldest due rows.
 _GLOBAL_OLDEST = sa.text(
     """
-    SELECT id, payload FROM inbox_events
+    SELECT id, occurred_at, payload FROM inbox_events
     WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
     ORDER BY next_attempt_at, id
     LIMIT :limit
@@ -72,7 +72,7 @@ Claim = Callable[[sa.Connection, int], list[inbox.Claimed]]
 def global_oldest(connection: sa.Connection, limit: int) -> list[inbox.Claimed]:
     """The claim before fairness: the oldest due rows, whatever their portal."""
     rows = connection.execute(_GLOBAL_OLDEST, {"limit": limit})
-    return [inbox.Claimed(r.id, r.payload) for r in rows]
+    return [inbox.Claimed(r.id, r.occurred_at, r.payload) for r in rows]
 
 
 CLAIMS: dict[str, Claim] = {"global-oldest": global_oldest, "fair": inbox.claim_due}

@@ -78,9 +78,10 @@ FROM (
 ) AS s
 """
 _FILL_OTHERS = """
-INSERT INTO action_runs (portal_id, inbox_id, rule, action_index, action, object_type,
-                         object_id, payload, status, attempts, done_at)
-SELECT 62500 + g % {portals}, g, 'won-deal', 0, 'slack', 'deals', g,
+INSERT INTO action_runs (portal_id, inbox_id, rule, action_index, event_occurred_at, action,
+                         object_type, object_id, payload, status, attempts, done_at)
+SELECT 62500 + g % {portals}, g, 'won-deal', 0,
+       (extract(epoch FROM now()) * 1000)::bigint - g * 1000, 'slack', 'deals', g,
        jsonb_build_object('text', 'Won'),
        CASE WHEN g <= 100 THEN 'dead' WHEN g <= 300 THEN 'failed' WHEN g <= 800 THEN 'pending'
             ELSE 'done' END,

@@ -15,9 +15,15 @@ In one run, on a real PostgreSQL, in a scratch database:
    deletes the dead rows. Printed: ack p50/p99/max per phase, the drop's and the purge's
    duration and how many rows each moved.
 
+With `--actions`, instead: migration 0013 on `--rows` action runs (ten days of them, every
+status, half of their inbox rows purged) while 10 connections keep storing deliveries and 4 keep
+settling runs by id (the act stage's `complete`). Printed: upgrade time, how long ACCESS
+EXCLUSIVE was held on action_runs, the slowest insert and the slowest settle meanwhile.
+
 Figures are printed, never asserted. See bench/README.md.
 
     .venv/bin/python bench/partitions.py [--rows 1000000] [--seconds 10] [--database-url URL]
+    .venv/bin/python bench/partitions.py --actions [--rows 1000000]
 """
 
 from __future__ import annotations
@@ -195,6 +201,89 @@ def migration_phase(url: str, rows: int) -> dict[str, Any]:
     }
 
 
+def populate_runs(url: str, rows: int) -> None:
+    """`rows` action runs over ten days (done mostly), the first half's events still stored."""
+    with psycopg.connect(db.libpq_url(url), autocommit=True) as connection:
+        connection.execute(
+            """
+            INSERT INTO inbox_events (portal_id, subscription_id, event_id, object_id,
+                occurred_at, subscription_type, signature_version, payload, status)
+            SELECT 62515, 1, n, n,
+                   (extract(epoch FROM now()) * 1000)::bigint - (n %% 10) * 86400000 - n %% 997,
+                   'deal.propertyChange', 'v3', '{}', 'done'
+            FROM generate_series(1, %(events)s) AS n
+            """,
+            {"events": rows // 2},
+        )
+        connection.execute(
+            """
+            INSERT INTO action_runs (portal_id, inbox_id, rule, action_index, action,
+                object_type, object_id, payload, status, created_at, done_at)
+            SELECT 62515 + n %% 7, n, 'deal-won', 0, 'slack', 'deals', n,
+                   jsonb_build_object('action', 'slack', 'text', 'Won: deal ' || n),
+                   CASE WHEN n %% 200 = 0 THEN 'pending' WHEN n %% 200 = 1 THEN 'failed'
+                        WHEN n %% 100 = 2 THEN 'dead' ELSE 'done' END,
+                   now() - (n %% 10) * interval '1 day', now()
+            FROM generate_series(1, %(rows)s) AS n
+            """,
+            {"rows": rows},
+        )
+        connection.execute("VACUUM ANALYZE action_runs")
+
+
+def actions_migration_phase(url: str, rows: int) -> dict[str, Any]:
+    """Populate action_runs at 0012, upgrade to 0013 under ingest and act load; the figures."""
+    db.migrate(url, "0012")
+    progress(f"inserting {rows} action runs at revision 0012")
+    populate_runs(url, rows)
+    with psycopg.connect(db.libpq_url(url)) as connection:
+        relation, total_size = connection.execute(
+            "SELECT 'action_runs'::regclass::oid::bigint,"
+            " pg_size_pretty(pg_total_relation_size('action_runs'))"
+        ).fetchone() or (0, "?")
+    local = threading.local()
+    ids = itertools.count(1, 997)
+
+    def record() -> None:
+        if not hasattr(local, "connection"):
+            local.connection = psycopg.connect(db.libpq_url(url), autocommit=True)
+        batch = inbox.parse_batch(delivery(int(time.time() * 1000)))
+        local.connection.execute(
+            inbox._RECORD_SQL, {"events": batch.json_text, "signature_version": "v3"}
+        )
+
+    def settle() -> None:  # the act stage's `complete`, by id, in a transaction of its own
+        if not hasattr(local, "connection"):
+            local.connection = psycopg.connect(db.libpq_url(url), autocommit=True)
+        local.connection.execute(
+            "UPDATE action_runs SET status = 'done', done_at = now() WHERE id = %s",
+            (next(ids) % rows + 1,),
+        )
+
+    stop = threading.Event()
+    watched: dict[str, dict[str, float]] = {}
+    watcher = threading.Thread(
+        target=lambda: watched.update(lock=watch_exclusive_lock(url, int(relation), stop))
+    )
+    progress("migrating to 0013 while 10 connections store deliveries and 4 settle runs")
+    watcher.start()
+    with load(record) as inserts, load(settle, 4) as settles:
+        started = time.perf_counter()
+        db.migrate(url, "0013")
+        ended = time.perf_counter()
+    stop.set()
+    watcher.join()
+    held = watched.get("lock", {})
+    return {
+        "rows": rows,
+        "table_size": total_size,
+        "upgrade_s": round(ended - started, 2),
+        "access_exclusive_s": round(held["last"] - held["first"], 3) if held else 0.0,
+        "inserts_during_upgrade": percentiles(inserts),
+        "settles_during_upgrade": percentiles(settles),
+    }
+
+
 def during(
     send: Callable[[], None], seconds: float, work: Callable[[], T]
 ) -> tuple[dict[str, float], T, float]:
@@ -282,6 +371,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per ack phase (10)")
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--actions", action="store_true", help="migration 0013 on action_runs")
     args = parser.parse_args()
     with postgres_server(args.database_url, "partitions") as (server, where):
         progress(f"database: {where}")
@@ -291,12 +381,15 @@ def main() -> None:
             admin.execute(f'CREATE DATABASE "{DATABASE}"')
             version = admin.execute("SHOW server_version").fetchone()
         try:
-            figures = {
-                "server": f"PostgreSQL {version[0] if version else '?'} ({where})",
-                "migration": migration_phase(url, args.rows),
+            figures: dict[str, Any] = {
+                "server": f"PostgreSQL {version[0] if version else '?'} ({where})"
             }
-            db.migrate(url)
-            figures |= ack_phases(url, args.seconds)
+            if args.actions:
+                figures["actions_migration"] = actions_migration_phase(url, args.rows)
+            else:
+                figures["migration"] = migration_phase(url, args.rows)
+                db.migrate(url)
+                figures |= ack_phases(url, args.seconds)
         finally:
             with connect(server) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')

@@ -222,7 +222,8 @@ hubspot_api_call_minutes = sa.Table(
     sa.Column("calls", sa.BigInteger, nullable=False, server_default="0"),
     sa.PrimaryKeyConstraint("portal_id", "minute", "endpoint", "outcome"),
     sa.Index("ix_hubspot_api_call_minutes_minute", "minute"),
-    comment="HubSpot API calls per portal, minute, endpoint and outcome (kept a day)",
+    comment="HubSpot API calls per portal, minute, endpoint and outcome (API_LOG_RETENTION)",
+    postgresql_partition_by="RANGE (minute)",
 )
 
 # Where an incremental reconcile of (portal, object type) got to, so an interrupted run resumes.
@@ -259,8 +260,21 @@ action_runs = sa.Table(
     sa.Column("inbox_id", sa.BigInteger, nullable=False),
     sa.Column("rule", sa.Text, nullable=False),
     sa.Column("action_index", sa.Integer, nullable=False),
-    # Unique by its identity; a plain index (a unique one would have to include portal_id).
-    sa.Column("id", sa.BigInteger, sa.Identity(always=True), nullable=False),
+    sa.Column(
+        "event_occurred_at",
+        sa.BigInteger,
+        nullable=False,
+        comment="the firing event's occurredAt, epoch ms (the partition key)",
+    ),
+    # Unique by its sequence; a plain index (a unique one would have to include the partition
+    # key and portal_id). A sequence, not an identity: none on partitioned tables before PG 17.
+    sa.Column(
+        "id",
+        sa.BigInteger,
+        sa.Sequence("action_runs_id_seq"),
+        nullable=False,
+        server_default=sa.text("nextval('action_runs_id_seq'::regclass)"),
+    ),
     sa.Column("action", sa.Text, nullable=False),
     sa.Column("object_type", sa.Text, nullable=False),
     sa.Column("object_id", sa.BigInteger, nullable=False),
@@ -272,7 +286,7 @@ action_runs = sa.Table(
     sa.Column("result", sa.Text),
     _now_column("created_at"),
     sa.Column("done_at", sa.DateTime(timezone=True)),
-    sa.PrimaryKeyConstraint("portal_id", "inbox_id", "rule", "action_index"),
+    sa.PrimaryKeyConstraint("portal_id", "inbox_id", "rule", "action_index", "event_occurred_at"),
     sa.CheckConstraint("status IN ('pending', 'done', 'failed', 'dead')", name="status"),
     sa.Index(
         "ix_action_runs_due",
@@ -282,6 +296,7 @@ action_runs = sa.Table(
     sa.Index("ix_action_runs_object", "portal_id", "object_id"),
     sa.Index("ix_action_runs_id", "id"),
     sa.Index("ix_action_runs_open", "status", postgresql_where=sa.text("status <> 'done'")),
+    postgresql_partition_by="RANGE (event_occurred_at)",
 )
 
 # Records our own actions created in HubSpot: their echoes do not trigger rules.

@@ -3,6 +3,11 @@
 Rules enqueue runs in the apply transaction (unique per event, rule and action, so replays never
 double-fire); the act stage leases due runs, executes them with no transaction open, settles.
 
+The table is partitioned by day of the firing event's occurredAt (`event_occurred_at`, part of
+the key: an inbox row has one occurredAt, so the key dedupes as (event, rule, action) did), on
+the inbox's day boundaries; `partitioning` says how service/partitions.py keeps it. Done runs go
+with their partition after ACTION_RETENTION; pending, failed and dead runs never do.
+
 A run is leased (its next attempt pushed past the lease) in a short transaction, executed, then
 marked done with a short result, or failed with the error and retried with exponential backoff
 and jitter, or dead after ACTION_MAX_ATTEMPTS (or at once when the target refused it for good).
@@ -20,7 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from service import db
+from service import db, partitions
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +43,31 @@ def wake(connection: sa.Connection) -> None:
 _ENQUEUE = sa.text(
     """
     INSERT INTO action_runs
-        (portal_id, inbox_id, rule, action_index, action, object_type, object_id, payload)
-    SELECT r.portal_id, r.inbox_id, r.rule, r.action_index, r.action, r.object_type,
-           r.object_id, r.payload
+        (portal_id, inbox_id, rule, action_index, event_occurred_at, action, object_type,
+         object_id, payload)
+    SELECT r.portal_id, r.inbox_id, r.rule, r.action_index, r.event_occurred_at, r.action,
+           r.object_type, r.object_id, r.payload
     FROM jsonb_to_recordset(CAST(:rows AS jsonb))
          AS r(portal_id bigint, inbox_id bigint, rule text, action_index int,
-              action text, object_type text, object_id bigint, payload jsonb)
+              event_occurred_at bigint, action text, object_type text, object_id bigint,
+              payload jsonb)
     ON CONFLICT DO NOTHING
     """
 )
 
 
 def enqueue(connection: sa.Connection, runs: Sequence[Mapping[str, Any]]) -> int:
-    """Add runs (portal_id, inbox_id, rule, action_index, action, object_type, object_id,
-    payload); a run already enqueued for that event, rule and action is left alone.
+    """Add runs (portal_id, inbox_id, rule, action_index, event_occurred_at, action,
+    object_type, object_id, payload); a run already enqueued for that event, rule and action is
+    left alone. `event_occurred_at` is the firing event's occurredAt (epoch ms): its partition.
 
     Returns how many are new; when some are, the act stage is woken on commit.
     """
     if not runs:
         return 0
+    missing = [r for r in runs if not isinstance(r.get("event_occurred_at"), int)]
+    if missing:
+        raise ValueError("an action run needs its event's occurredAt (event_occurred_at, ms)")
     rows = json.dumps(list(runs), ensure_ascii=False, default=str)
     added = int(connection.execute(_ENQUEUE, {"rows": rows}).rowcount)
     if added:
@@ -253,4 +264,21 @@ def record_own_write(
             " ON CONFLICT DO NOTHING"
         ),
         {"p": portal_id, "t": object_type, "o": object_id},
+    )
+
+
+# One partition per day of the firing event's occurredAt, on the inbox's boundaries (the same
+# width: service/inbox.py's PARTITION_SECONDS), three ready ahead.
+def partitioning(retention_seconds: float, *, width_seconds: float = 86_400) -> partitions.Scheme:
+    """How action_runs is partitioned and kept: done runs go with their partition once its days
+    are older than the retention; pending, failed and dead runs outlive it (still claimable and
+    replayable, from the default partition)."""
+    return partitions.Scheme(
+        table="action_runs",
+        key="event_occurred_at",
+        width_ms=int(width_seconds * 1000),
+        ahead=3,
+        retention_ms=int(retention_seconds * 1000),
+        keep="status IN ('pending', 'failed', 'dead')",
+        received="created_at",
     )

@@ -225,13 +225,21 @@ def slack_payload(text: str = "Won: Big deal ($1,000.00)", blocks: Any = None) -
     return {"action": "slack", "text": text, "blocks": blocks}
 
 
-def action_run(inbox_id: int, *, rule: str = "won", action: str = "log") -> dict[str, Any]:
-    """An action run of PORTAL's deal 1 as the rule engine enqueues it (`outbox.enqueue`)."""
+def action_run(
+    inbox_id: int,
+    *,
+    rule: str = "won",
+    action: str = "log",
+    occurred_at: int = 1_700_000_000_000,
+) -> dict[str, Any]:
+    """An action run of PORTAL's deal 1 as the rule engine enqueues it (`outbox.enqueue`), fired
+    by an event that occurred at `occurred_at` (epoch ms; the events' default day)."""
     return {
         "portal_id": PORTAL,
         "inbox_id": inbox_id,
         "rule": rule,
         "action_index": 0,
+        "event_occurred_at": occurred_at,
         "action": action,
         "object_type": "deals",
         "object_id": 1,

@@ -240,6 +240,58 @@ def hydrations(engine: sa.Engine) -> list[tuple[str, int]]:
         ]
 
 
+# --- which partitions a statement reads ------------------------------------------------------
+
+
+@contextmanager
+def statements_run(engine: sa.Engine, prefix: str) -> Iterator[list[tuple[str, Any]]]:
+    """The statements starting with `prefix` that run on `engine` meanwhile, as the driver got
+    them (text, parameters)."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(*args: Any) -> None:  # (connection, cursor, statement, parameters, ...)
+        if args[2].lstrip().startswith(prefix):
+            seen.append((args[2], args[3]))
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+
+def partitions_read(engine: sa.Engine, statement: str, parameters: Any) -> dict[str, int]:
+    """Partition -> index or table scans of it, when `statement` runs again under EXPLAIN
+    ANALYZE (and is rolled back); partitions never scanned are left out."""
+    with engine.connect() as connection:  # closed without a commit: rolled back
+        [explained] = connection.exec_driver_sql(
+            f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", parameters
+        ).scalar_one()
+    scans: dict[str, int] = {}
+    nodes = [explained["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(node.get("Plans", []))
+        if "Scan" in node["Node Type"] and node.get("Actual Loops") and "Relation Name" in node:
+            name = node["Relation Name"]
+            scans[name] = scans.get(name, 0) + int(node["Actual Loops"])
+    return scans
+
+
+def partitions_holding(engine: sa.Engine, inbox_ids: list[int]) -> set[str]:
+    """The inbox partitions the rows are stored in."""
+    with engine.connect() as connection:
+        return set(
+            connection.scalars(
+                sa.text(
+                    "SELECT DISTINCT tableoid::regclass::text FROM inbox_events"
+                    " WHERE id = ANY(:ids)"
+                ),
+                {"ids": inbox_ids},
+            )
+        )
+
+
 def empty_tables(engine: sa.Engine) -> None:
     """Empty every table, for each hypothesis example (function fixtures run once per test).
 
@@ -391,6 +443,7 @@ def dead_run_and_fetch(engine: sa.Engine, inbox_id: int) -> None:
                     "inbox_id": inbox_id,
                     "rule": "won",
                     "action_index": 0,
+                    "event_occurred_at": 1_700_000_000_000,
                     "action": "webhook",
                     "object_type": "contacts",
                     "object_id": 501,

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from service import db, inbox, portals
 from tests.factories import PORTAL, hubspot_event, numbered_event
+from tests.support import partitions_holding, partitions_read, statements_run
 
 
 def association_event(event_id: int, from_id: int, to_id: int) -> dict[str, Any]:
@@ -217,6 +218,15 @@ def claim(engine: sa.Engine, limit: int = 10) -> list[inbox.Claimed]:
         return inbox.claim_due(connection, limit)
 
 
+def outcome(engine: sa.Engine, row_id: int, status: str, error: str | None = None) -> inbox.Outcome:
+    """How applying the stored row ended, addressed as a worker does: by id and occurred_at."""
+    with engine.connect() as connection:
+        occurred_at = connection.scalar(
+            sa.text("SELECT occurred_at FROM inbox_events WHERE id = :id"), {"id": row_id}
+        )
+    return inbox.Outcome(row_id, occurred_at, status, error)
+
+
 def settle(engine: sa.Engine, outcomes: list[inbox.Outcome], *, max_attempts: int = 3) -> None:
     with engine.begin() as connection:
         inbox.settle(connection, outcomes, max_attempts=max_attempts)
@@ -266,7 +276,7 @@ def test_rows_another_transaction_holds_are_skipped(stored: list[int], database_
 def test_settled_rows_are_finished_and_not_claimed_again(
     status: str, stored: list[int], engine: sa.Engine
 ) -> None:
-    settle(engine, [inbox.Outcome(1, status)])
+    settle(engine, [outcome(engine, 1, status)])
     settled = row(engine, 1)
     assert (settled.status, settled.attempts, settled.last_error) == (status, 1, None)
     assert settled.processed_at is not None
@@ -277,7 +287,7 @@ def test_settled_rows_are_finished_and_not_claimed_again(
 def test_failed_row_backs_off_about_five_seconds_then_is_due_again(
     stored: list[int], engine: sa.Engine
 ) -> None:
-    settle(engine, [inbox.Outcome(2, "failed", "ValueError: boom")])
+    settle(engine, [outcome(engine, 2, "failed", "ValueError: boom")])
     failed = row(engine, 2)
     assert (failed.status, failed.attempts, failed.last_error) == ("failed", 1, "ValueError: boom")
     assert failed.processed_at is None
@@ -291,7 +301,7 @@ def test_failed_row_backs_off_about_five_seconds_then_is_due_again(
 def test_backoff_doubles_with_each_failure(stored: list[int], engine: sa.Engine) -> None:
     for _ in range(3):
         make_due(engine)
-        settle(engine, [inbox.Outcome(1, "failed", "boom")], max_attempts=10)
+        settle(engine, [outcome(engine, 1, "failed", "boom")], max_attempts=10)
     third = row(engine, 1)
     assert third.attempts == 3
     # 5 * 2**2 = 20 s with 0.5-1.5 jitter.
@@ -303,10 +313,10 @@ def test_failure_at_max_attempts_is_dead_and_never_claimed(
 ) -> None:
     for _ in range(2):
         make_due(engine)
-        settle(engine, [inbox.Outcome(1, "failed", "boom")], max_attempts=3)
+        settle(engine, [outcome(engine, 1, "failed", "boom")], max_attempts=3)
     assert row(engine, 1).status == "failed"
     make_due(engine)
-    settle(engine, [inbox.Outcome(1, "failed", "still boom")], max_attempts=3)
+    settle(engine, [outcome(engine, 1, "failed", "still boom")], max_attempts=3)
     dead = row(engine, 1)
     assert (dead.status, dead.attempts, dead.last_error) == ("dead", 3, "still boom")
     make_due(engine)
@@ -316,7 +326,11 @@ def test_failure_at_max_attempts_is_dead_and_never_claimed(
 def test_one_settle_records_every_outcome(stored: list[int], engine: sa.Engine) -> None:
     settle(
         engine,
-        [inbox.Outcome(1, "done"), inbox.Outcome(2, "ignored"), inbox.Outcome(3, "failed", "x")],
+        [
+            outcome(engine, 1, "done"),
+            outcome(engine, 2, "ignored"),
+            outcome(engine, 3, "failed", "x"),
+        ],
     )
     assert [row(engine, i).status for i in (1, 2, 3)] == ["done", "ignored", "failed"]
 
@@ -324,6 +338,64 @@ def test_one_settle_records_every_outcome(stored: list[int], engine: sa.Engine) 
 def test_settling_nothing_changes_nothing(stored: list[int], engine: sa.Engine) -> None:
     settle(engine, [])
     assert {row(engine, i).status for i in stored} == {"pending"}
+
+
+def dated(first_id: int, count: int, days_ahead: int) -> list[dict[str, Any]]:
+    """Events occurring `days_ahead` days from now: in that day's partition, or the default."""
+    occurred_at = int(time.time() * 1000) + days_ahead * 86_400_000
+    return [
+        numbered_event(n, occurredAt=occurred_at + n) for n in range(first_id, first_id + count)
+    ]
+
+
+def test_claimed_rows_carry_their_partition_key(clean_db: str, engine: sa.Engine) -> None:
+    record(clean_db, dated(1, 2, days_ahead=1))
+    occurred = {r.id: r.occurred_at for r in rows(engine)}
+    assert {c.id: c.occurred_at for c in claim(engine)} == occurred
+
+
+def test_settle_reads_only_the_partition_of_its_rows(clean_db: str, engine: sa.Engine) -> None:
+    record(clean_db, dated(1, 5, days_ahead=0) + dated(11, 5, days_ahead=1) + dated(21, 5, 40))
+    with engine.begin() as connection:
+        claimed = inbox.claim_due(connection, 15)
+        tomorrow = [c for c in claimed if 11 <= c.payload["eventId"] <= 15]
+        outcomes = [inbox.Outcome(c.id, c.occurred_at, "done") for c in tomorrow]
+        with statements_run(engine, "UPDATE inbox_events") as seen:
+            inbox.settle(connection, outcomes, max_attempts=3)
+    [(statement, parameters)] = seen
+    [partition] = partitions_holding(engine, [c.id for c in tomorrow])
+
+    read = partitions_read(engine, statement, parameters)
+
+    # One partition, probed once per row at most (or scanned once): not every partition's id index.
+    assert set(read) == {partition}
+    assert read[partition] <= len(tomorrow)
+
+
+def test_one_settle_records_outcomes_in_every_partition_of_the_batch(
+    clean_db: str, engine: sa.Engine
+) -> None:
+    record(clean_db, dated(1, 2, days_ahead=0) + dated(11, 2, days_ahead=2) + dated(21, 2, 40))
+    with engine.begin() as connection:
+        claimed = inbox.claim_due(connection, 10)
+        failed = {11, 21}
+        outcomes = [
+            inbox.Outcome(
+                c.id, c.occurred_at, "failed" if c.payload["eventId"] in failed else "done"
+            )
+            for c in claimed
+        ]
+        inbox.settle(connection, outcomes, max_attempts=3)
+    assert len(claimed) == 6
+    assert len(partitions_holding(engine, [c.id for c in claimed])) == 3
+    assert {r.event_id: r.status for r in rows(engine)} == {
+        1: "done",
+        2: "done",
+        11: "failed",
+        12: "done",
+        21: "failed",
+        22: "done",
+    }
 
 
 # --- scrub_contacts ------------------------------------------------------------------------------
@@ -444,7 +516,8 @@ def claim_and_settle(engine: sa.Engine, limit: int) -> list[inbox.Claimed]:
     """One batch, as a worker takes it: claimed, then settled done."""
     with engine.begin() as connection:
         claimed = inbox.claim_due(connection, limit)
-        inbox.settle(connection, [inbox.Outcome(c.id, "done") for c in claimed], max_attempts=3)
+        outcomes = [inbox.Outcome(c.id, c.occurred_at, "done") for c in claimed]
+        inbox.settle(connection, outcomes, max_attempts=3)
     return claimed
 
 
@@ -554,7 +627,7 @@ def test_concurrent_claims_never_take_a_row_twice(clean_db: str, database_url: s
                 if not claimed:
                     return
                 time.sleep(0.005)  # hold the batch while the others claim
-                outcomes = [inbox.Outcome(c.id, "done") for c in claimed]
+                outcomes = [inbox.Outcome(c.id, c.occurred_at, "done") for c in claimed]
                 inbox.settle(connection, outcomes, max_attempts=3)
             mine.extend(c.id for c in claimed)
 

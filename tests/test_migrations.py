@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -14,9 +15,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from service import db, inbox
+from service import db, inbox, outbox
 from service.models import metadata
-from tests.factories import numbered_event
+from tests.factories import action_run, numbered_event
 from tests.support import empty_database
 
 ROWS = 1_000_000
@@ -283,5 +284,113 @@ def test_the_fair_claims_index_is_built_on_every_partition_and_attached(scratch_
             ).all()
             assert left == []
             assert connection.scalar(sa.text("SELECT to_regclass('portal_controls')")) is None
+    finally:
+        engine.dispose()
+
+
+def runs_fingerprint(connection: sa.Connection) -> tuple[int, int]:
+    """The number of action runs and a checksum of their contents (the columns before 0013)."""
+    count, checksum = connection.execute(
+        sa.text(
+            "SELECT count(*), coalesce(sum(hashtext((portal_id, inbox_id, rule, action_index, id,"
+            " action, payload, status, attempts, next_attempt_at, created_at)::text)), 0)"
+            " FROM action_runs"
+        )
+    ).one()
+    return int(count), int(checksum)
+
+
+def test_populated_action_runs_keep_every_row_through_upgrade_and_downgrade(
+    scratch_url: str,
+) -> None:
+    db.migrate(scratch_url, "0012")
+    engine = sa.create_engine(scratch_url)
+    now = int(time.time() * 1000)
+    events = 100_000
+    try:
+        with engine.begin() as connection:
+            # Events for the first runs (ids 1..events); the other runs' events are purged.
+            connection.execute(
+                sa.text(
+                    "INSERT INTO inbox_events (portal_id, subscription_id, event_id, object_id,"
+                    " occurred_at, subscription_type, signature_version, payload, status)"
+                    " SELECT 62515, 1, n, n, :now - (n % 10) * 86400000 - n, 'deal.creation',"
+                    " 'v3', '{}', 'done' FROM generate_series(1, :events) AS n"
+                ),
+                {"now": now, "events": events},
+            )
+            connection.execute(  # a million runs over ten days, every status
+                sa.text(
+                    "INSERT INTO action_runs (portal_id, inbox_id, rule, action_index, action,"
+                    " object_type, object_id, payload, status, created_at)"
+                    " SELECT 62515, n, 'won', 0, 'log', 'deals', n, jsonb_build_object('n', n),"
+                    " (ARRAY['done', 'done', 'pending', 'failed', 'dead'])[1 + n % 5],"
+                    " now() - (n % 10) * interval '1 day' FROM generate_series(1, :rows) AS n"
+                ),
+                {"rows": ROWS},
+            )
+            # An event dated after the boundary (a sender's clock ahead) fired a run.
+            connection.execute(
+                sa.text(
+                    "INSERT INTO inbox_events (portal_id, subscription_id, event_id, object_id,"
+                    " occurred_at, id, subscription_type, signature_version, payload)"
+                    " VALUES (62515, 1, -1, 1, :at, :id, 'deal.creation', 'v3', '{}')"
+                ),
+                {"at": now + 2 * DAY, "id": 2 * ROWS},  # no other run names this id
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO action_runs (portal_id, inbox_id, rule, action_index, action,"
+                    " object_type, object_id, payload) SELECT 62515, id, 'future', 0, 'log',"
+                    " 'deals', 1, '{}' FROM inbox_events WHERE event_id = -1"
+                )
+            )
+            before = runs_fingerprint(connection)
+
+        db.migrate(scratch_url)
+
+        with engine.connect() as connection:
+            assert runs_fingerprint(connection) == before
+            wrong = connection.scalar(
+                sa.text(
+                    "SELECT count(*) FROM action_runs a LEFT JOIN inbox_events i"
+                    " ON i.id = a.inbox_id WHERE a.event_occurred_at <> coalesce(i.occurred_at,"
+                    " (extract(epoch FROM a.created_at) * 1000)::bigint)"
+                )
+            )
+            assert wrong == 0, "the event's occurredAt, else the run's creation"
+            placed = connection.execute(
+                sa.text("SELECT tableoid::regclass::text, count(*) FROM action_runs GROUP BY 1")
+            ).all()
+            future = datetime.fromtimestamp((now + 2 * DAY) // DAY * DAY / 1000, UTC)
+            assert sorted(placed) == [
+                ("action_runs_legacy", ROWS),
+                (future.strftime("action_runs_p%Y%m%d"), 1),
+            ], "the old table attached; the run dated after the boundary moved to its day"
+            last_id = connection.scalar(sa.text("SELECT max(id) FROM action_runs"))
+        with engine.begin() as connection:
+            first = connection.execute(
+                sa.text("SELECT inbox_id, event_occurred_at FROM action_runs WHERE id = 1")
+            ).one()
+            again = action_run(first.inbox_id, occurred_at=first.event_occurred_at)
+            again["portal_id"] = 62515
+            assert outbox.enqueue(connection, [again]) == 0, "still a duplicate"
+            assert outbox.enqueue(connection, [action_run(ROWS + 5, occurred_at=now)]) == 1
+            new_id = connection.scalar(
+                sa.text("SELECT id FROM action_runs WHERE inbox_id = :i"), {"i": ROWS + 5}
+            )
+        assert new_id == last_id + 2, "past every id (the duplicate drew one too, as before)"
+
+        with engine.connect() as connection:
+            after_upgrade = runs_fingerprint(connection)
+        db.downgrade(scratch_url, "0012")
+        with engine.connect() as connection:
+            assert runs_fingerprint(connection) == after_upgrade
+            kind = connection.scalar(
+                sa.text("SELECT relkind FROM pg_class WHERE oid = 'action_runs'::regclass")
+            )
+        assert kind == "r"
+        db.migrate(scratch_url)
+        assert schema_diff(scratch_url) == []
     finally:
         engine.dispose()

@@ -10,6 +10,7 @@ is tests/rules/test_engine.py.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import Webhook
 
-from service import inbox, outbox, portals
+from service import inbox, outbox, partitions, portals
 from service.events import Event, Kind
 from service.rules.registry import Registry
 from tests.factories import (
@@ -26,6 +27,7 @@ from tests.factories import (
     PORTAL,
     SLACK_PATH,
     WEBHOOK_SECRET,
+    action_run,
     change,
     hs,
     stage_of,
@@ -497,3 +499,53 @@ def test_replaying_an_erased_run_sends_nothing(harness: MakeHarness, receiver: R
     assert receiver.requests == []
     assert len(h.runs()) == 4
     assert all(r.status == "dead" for r in h.runs())
+
+
+# --- retention --------------------------------------------------------------------------------
+
+DAY_MS = 86_400_000
+
+
+def test_retention_drops_done_runs_and_keeps_pending_failed_and_dead_ones_claimable(
+    own_engine: sa.Engine,
+) -> None:
+    fates = {1: "pending", 2: "failed", 3: "dead", 4: "done"}
+    occurred = int(time.time() * 1000) - 3_600_000  # an hour ago: the migrated first partition
+    runs = [action_run(n, occurred_at=occurred) for n in fates]
+    with own_engine.begin() as connection:
+        assert outbox.enqueue(connection, runs) == 4
+        for inbox_id, status in fates.items():
+            connection.execute(
+                sa.text("UPDATE action_runs SET status = :s WHERE inbox_id = :i"),
+                {"s": status, "i": inbox_id},
+            )
+        ids: dict[int, int] = dict(
+            connection.execute(sa.text("SELECT inbox_id, id FROM action_runs")).all()
+        )
+
+    report = partitions.maintain(
+        own_engine, outbox.partitioning(30 * 86400), now_ms=occurred + 40 * DAY_MS
+    )
+
+    assert report is not None
+    assert "action_runs_legacy" in report.dropped
+    assert report.kept == 3
+    with own_engine.begin() as connection:
+        placed = connection.execute(
+            sa.text("SELECT inbox_id, status, tableoid::regclass::text FROM action_runs")
+        ).all()
+        assert sorted(tuple(r) for r in placed) == [
+            (n, fates[n], "action_runs_default") for n in (1, 2, 3)
+        ]
+        assert outbox.enqueue(connection, runs) == 1, "the kept runs are still duplicates"
+        connection.execute(sa.text("DELETE FROM action_runs WHERE inbox_id = 4"))
+        assert sorted(r.inbox_id for r in outbox.claim(connection)) == [1, 2]
+        assert outbox.replay(connection, outbox.RunFilters(ids=(ids[3],))) == 1
+        assert [r.id for r in outbox.claim(connection)] == [ids[3]]
+
+
+def test_a_run_without_its_events_occurred_at_is_refused(engine: sa.Engine) -> None:
+    run = action_run(1)
+    del run["event_occurred_at"]
+    with engine.begin() as connection, pytest.raises(ValueError, match="occurredAt"):
+        outbox.enqueue(connection, [run])

@@ -189,6 +189,14 @@ def test_inbox_retention_defaults_to_a_week_and_reads_durations() -> None:
     assert Settings.from_env({"INBOX_RETENTION": "48h"}).inbox_retention_seconds == 48 * 3600
 
 
+def test_workers_keep_partitions_unless_told_not_to() -> None:
+    assert Settings.from_env({}).partition_upkeep is True
+    assert Settings.from_env({"WORKER_PARTITION_UPKEEP": "on"}).partition_upkeep is True
+    assert Settings.from_env({"WORKER_PARTITION_UPKEEP": "off"}).partition_upkeep is False
+    with pytest.raises(SettingsError, match="WORKER_PARTITION_UPKEEP"):
+        Settings.from_env({"WORKER_PARTITION_UPKEEP": "sometimes"})
+
+
 @pytest.mark.parametrize("value", ["1d", "24h", "47h", "3600"])
 def test_an_inbox_retention_inside_hubspots_retry_window_is_refused_by_name(value: str) -> None:
     with pytest.raises(SettingsError) as raised:
@@ -199,3 +207,41 @@ def test_an_inbox_retention_inside_hubspots_retry_window_is_refused_by_name(valu
     assert "shorter than 48h" in message
     assert "retries a delivery for up to 24 hours" in message
     assert "\n" not in message
+
+
+def test_action_retention_defaults_to_a_month_or_the_inbox_retention_when_longer() -> None:
+    assert Settings.from_env({}).action_retention_seconds == 30 * 86400
+    longer = Settings.from_env({"INBOX_RETENTION": "60d"})
+    assert longer.action_retention_seconds == 60 * 86400
+    equal = Settings.from_env({"INBOX_RETENTION": "10d", "ACTION_RETENTION": "10d"})
+    assert equal.action_retention_seconds == 10 * 86400
+
+
+@pytest.mark.parametrize(
+    ("inbox_retention", "action_retention"), [(None, "6d"), ("14d", "13d"), ("60d", "30d")]
+)
+def test_an_action_retention_shorter_than_the_inbox_retention_is_refused_naming_both(
+    inbox_retention: str | None, action_retention: str
+) -> None:
+    env = {"ACTION_RETENTION": action_retention}
+    if inbox_retention is not None:
+        env["INBOX_RETENTION"] = inbox_retention
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env(env)
+
+    message = str(raised.value)
+    assert message.startswith("ACTION_RETENTION (")
+    assert "shorter than INBOX_RETENTION" in message
+    assert "would fire its rules again" in message
+
+
+def test_an_action_retention_inside_hubspots_retry_window_is_refused_by_name() -> None:
+    with pytest.raises(SettingsError, match=r"^ACTION_RETENTION is invalid: .*shorter than 48h"):
+        Settings.from_env({"ACTION_RETENTION": "1d"})
+
+
+def test_api_log_retention_defaults_to_a_day_and_refuses_less_than_an_hour() -> None:
+    assert Settings.from_env({}).api_log_retention_seconds == 86400
+    assert Settings.from_env({"API_LOG_RETENTION": "2h"}).api_log_retention_seconds == 7200
+    with pytest.raises(SettingsError, match=r"^API_LOG_RETENTION is invalid: .*shorter than 1h"):
+        Settings.from_env({"API_LOG_RETENTION": "10m"})

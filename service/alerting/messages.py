@@ -9,6 +9,8 @@ The convention that keeps them apart from runs fired by events:
                   negative, so no view of an inbox event's runs ever shows an alert
     rule          alert:<condition key>, e.g. alert:dead_letters
     action_index  0 Slack (ALERT_SLACK_WEBHOOK_URL), 1 webhook (ALERT_WEBHOOK_URL)
+    event_occurred_at  when the condition started firing (or resolved), epoch ms: the
+                  partition; fixed per message, as an event's occurredAt is
     object_type   alert, object_id 0
 
 The payload holds the text only: targets and secrets stay in the environment and are resolved
@@ -106,6 +108,7 @@ def runs(message: Message, settings: Settings) -> list[dict[str, Any]]:
     common = {
         "portal_id": PORTAL,
         "inbox_id": -message.number,
+        "event_occurred_at": int(message.since.timestamp() * 1000),
         "rule": RULE_PREFIX + message.key,
         "object_type": "alert",
         "object_id": 0,

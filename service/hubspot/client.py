@@ -7,6 +7,10 @@ portal's shared budget (ratelimit.py, `default_budgets`), blocks the bucket for 
 429, retries 5xx and connection errors with backoff and jitter, raises HubSpotError at once on
 other 4xx, and counts every attempt by portal, endpoint and outcome. API paths and versions live
 in the SDK and here only (HUBSPOT.md §4: v3 paths are dated).
+
+The per-minute counts (hubspot_api_call_minutes) are partitioned by day of `minute`;
+`call_log_partitioning` says how service/partitions.py keeps them: a day's partition is dropped
+whole once it is older than API_LOG_RETENTION (no DELETE, whatever the table holds).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from service import partitions
 from service.hubspot.oauth import NeedsReinstall, NoToken, TokenStore
 from service.hubspot.ratelimit import Budget, RateLimiter
 from service.hubspot.sdk import (
@@ -48,11 +53,11 @@ __all__ = [
     "NoToken",
     "Record",
     "SearchPage",
+    "call_log_partitioning",
     "default_budgets",
     "from_settings",
     "last_modified_property",
     "ms_of",
-    "prune_call_minutes",
 ]
 
 MAX_TRIES = 6
@@ -362,7 +367,7 @@ class HubSpotApi:
             self._observed[(portal_id, bucket)] = (max_calls, window)
 
     def _count(self, portal_id: int, endpoint: str, outcome: str) -> None:
-        """Count one call in all and in its minute (kept a day: `prune_call_minutes`)."""
+        """Count one call in all and in its minute (kept API_LOG_RETENTION)."""
         with self.engine.begin() as connection:
             connection.execute(_COUNT, {"p": portal_id, "e": endpoint, "o": outcome})
 
@@ -417,10 +422,21 @@ _COUNT = sa.text(
 )
 
 
-def prune_call_minutes(connection: sa.Connection, older_than_seconds: float = 86_400.0) -> int:
-    """Delete the per-minute call counts older than a day (totals stay); returns how many."""
-    sql = "DELETE FROM hubspot_api_call_minutes WHERE minute < now() - :age * interval '1 s'"
-    return connection.execute(sa.text(sql), {"age": older_than_seconds}).rowcount
+def call_log_partitioning(
+    retention_seconds: float, *, width_seconds: float = 86_400
+) -> partitions.Scheme:
+    """How hubspot_api_call_minutes is partitioned and kept: a day a partition, three ready
+    ahead, each dropped whole once older than the retention (nothing is kept: the totals live
+    in hubspot_api_calls)."""
+    return partitions.Scheme(
+        table="hubspot_api_call_minutes",
+        key="minute",
+        width_ms=int(width_seconds * 1000),
+        ahead=3,
+        retention_ms=int(retention_seconds * 1000),
+        keep="false",
+        key_type="timestamptz",
+    )
 
 
 def last_modified_property(object_type: str) -> str:

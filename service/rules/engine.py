@@ -153,6 +153,8 @@ class RuleEngine:
                         "inbox_id": e.inbox_id,
                         "rule": rule.name,
                         "action_index": index,
+                        # Its partition: the day of the event, as the inbox row's.
+                        "event_occurred_at": e.occurred_at,
                         "action": "log" if self.dry_run else action.type,
                         "object_type": e.object_type,
                         "object_id": e.object_id or 0,

@@ -111,6 +111,8 @@ class Settings:
     worker_batch_size: int = 500
     max_attempts: int = 10
     worker_poll_seconds: float = 5.0
+    # Undocumented: off only for bench/soak.py, which keeps the partitions on a fast clock itself.
+    partition_upkeep: bool = True
     handler_modules: tuple[str, ...] = ()
     scopes: tuple[str, ...] = DEFAULT_SCOPES
     mirror_properties: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -138,6 +140,10 @@ class Settings:
     token_encryption_keys: tuple[str, ...] = field(default=(), repr=False)
     # How long done and ignored inbox rows are kept (service/partitions.py); at least 48 h.
     inbox_retention_seconds: float = 7 * 86400.0
+    # How long done action runs are kept (never less than the inbox: a replayed event whose runs
+    # were dropped would fire again), and the per-minute HubSpot API call counts.
+    action_retention_seconds: float = 30 * 86400.0
+    api_log_retention_seconds: float = 86400.0
     # The environment as read, for `env:NAME` references in the rules file (secrets stay there).
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -175,6 +181,7 @@ class Settings:
             worker_batch_size=r.get("WORKER_BATCH_SIZE", values.int_range(1, 10_000)) or 500,
             max_attempts=r.get("MAX_ATTEMPTS", values.int_range(1, 100)) or 10,
             worker_poll_seconds=r.get("WORKER_POLL_SECONDS", values.seconds) or 5.0,
+            partition_upkeep=r.get("WORKER_PARTITION_UPKEEP", values.boolean) is not False,
             handler_modules=r.get("HANDLER_MODULES", values.module_list) or (),
             scopes=r.get("HUBSPOT_SCOPES", values.scopes) or DEFAULT_SCOPES,
             mirror_properties=r.get("MIRROR_PROPERTIES", values.mirror_properties) or {},
@@ -199,6 +206,8 @@ class Settings:
             allowed_hosts=r.get("ALLOWED_HOSTS", values.host_list) or (),
             token_encryption_keys=r.get("TOKEN_ENCRYPTION_KEY", values.fernet_keys) or (),
             inbox_retention_seconds=r.get("INBOX_RETENTION", values.retention) or 7 * 86400.0,
+            action_retention_seconds=_action_retention(r),
+            api_log_retention_seconds=r.get("API_LOG_RETENTION", values.log_retention) or 86400.0,
             environ=dict(env),
         )
 
@@ -242,6 +251,22 @@ def _render_public_url(r: _Reader) -> str | None:
     platform configuration, not request input, so it can stand in for WEBHOOK_PUBLIC_URL."""
     origin = r.get("RENDER_EXTERNAL_URL", values.base_url)
     return None if origin is None else origin + WEBHOOK_PATH
+
+
+def _action_retention(r: _Reader) -> float:
+    """ACTION_RETENTION: default 30 days, or INBOX_RETENTION when that is longer; never shorter
+    than INBOX_RETENTION, because a replay of a stored event whose done runs were dropped would
+    fire its rules again."""
+    inbox = r.get("INBOX_RETENTION", values.retention) or 7 * 86400.0
+    actions = r.get("ACTION_RETENTION", values.retention)
+    if actions is None:
+        return max(30 * 86400.0, inbox)
+    if actions < inbox:
+        raise SettingsError(
+            f"ACTION_RETENTION ({actions:g}s) is shorter than INBOX_RETENTION ({inbox:g}s): a"
+            " replay of a stored event whose action runs were dropped would fire its rules again"
+        )
+    return actions
 
 
 def _alert_secret(r: _Reader, env: Mapping[str, str]) -> str | None:

@@ -239,6 +239,22 @@ def retention(value: str) -> float:
     return seconds
 
 
+# The longest window anything reads from the per-minute API call counts is 5 minutes (the
+# rate_limited alert, /metrics, the admin): an hour keeps that whole across a dropped partition.
+MIN_LOG_RETENTION_SECONDS = 3600
+
+
+def log_retention(value: str) -> float:
+    """The API call log's retention: a duration of at least an hour."""
+    seconds = duration(value)
+    if seconds < MIN_LOG_RETENTION_SECONDS:
+        raise ValueError(
+            f"{value!r} is shorter than 1h: the rate_limited alert and /metrics read the last 5"
+            " minutes of API calls, which must outlive the partition drop"
+        )
+    return seconds
+
+
 def rate(value: str) -> tuple[int, int]:
     """`100/10s`: at most 100 calls in any 10 seconds -> (100, 10000 ms)."""
     calls, sep, window = value.partition("/")

@@ -110,6 +110,7 @@ class Worker:
         self, connection: sa.Connection, claimed: list[inbox.Claimed]
     ) -> list[inbox.Outcome]:
         outcomes: dict[int, inbox.Outcome] = {}
+        rows = {row.id: row for row in claimed}
         events = _normalised(claimed, outcomes)
         before = self.rules.before(connection, events) if self.rules is not None else {}
         try:
@@ -122,11 +123,11 @@ class Worker:
                     with connection.begin_nested():
                         mirror.apply_events(connection, [event])
                 except Exception as exc:  # noqa: BLE001 - this event fails, the rest go on
-                    outcomes[event.inbox_id] = _failed(event.inbox_id, exc)
+                    outcomes[event.inbox_id] = _failed(rows[event.inbox_id], exc)
         # Rules fire for every event the mirror took, before user handlers run: a handler that
         # fails has its event retried, and by then the mirror holds the change already.
         mirrored = [e for e in events if e.inbox_id not in outcomes]
-        handled = self._fire(connection, mirrored, before, outcomes)
+        handled = self._fire(connection, mirrored, before, rows, outcomes)
         for event in events:
             if event.inbox_id in outcomes:
                 continue
@@ -144,14 +145,14 @@ class Worker:
                         handler(event, session)
                     session.flush()
             except Exception as exc:  # noqa: BLE001 - a user handler fails its event only
-                outcomes[event.inbox_id] = _failed(event.inbox_id, exc)
+                outcomes[event.inbox_id] = _failed(rows[event.inbox_id], exc)
                 continue
             handled.add(event.inbox_id)
         for event in events:
             if event.inbox_id in outcomes:
                 continue
             done = event.inbox_id in handled or mirror.handles(event)
-            outcomes[event.inbox_id] = inbox.Outcome(event.inbox_id, "done" if done else "ignored")
+            outcomes[event.inbox_id] = _outcome(rows[event.inbox_id], "done" if done else "ignored")
         return [outcomes[row.id] for row in claimed]
 
     def _fire(
@@ -159,6 +160,7 @@ class Worker:
         connection: sa.Connection,
         events: list[Event],
         before: dict[int, Before],
+        rows: dict[int, inbox.Claimed],
         outcomes: dict[int, inbox.Outcome],
     ) -> set[int]:
         """Write the batch's action runs; if that fails, one event at a time."""
@@ -175,7 +177,7 @@ class Worker:
                 with connection.begin_nested():
                     fired |= self.rules.fire(connection, [event], before)
             except Exception as exc:  # noqa: BLE001 - this event fails, the rest go on
-                outcomes[event.inbox_id] = _failed(event.inbox_id, exc)
+                outcomes[event.inbox_id] = _failed(rows[event.inbox_id], exc)
         return fired
 
 
@@ -187,12 +189,17 @@ def _normalised(claimed: list[inbox.Claimed], outcomes: dict[int, inbox.Outcome]
             events.append(normalise(row.id, row.payload))
         except InvalidEvent as exc:
             # Not something HubSpot sends: kept with the reason, never applied or retried.
-            outcomes[row.id] = inbox.Outcome(row.id, "ignored", f"invalid event: {exc}")
+            outcomes[row.id] = _outcome(row, "ignored", f"invalid event: {exc}")
         except Exception as exc:  # noqa: BLE001 - a malformed row fails alone
-            outcomes[row.id] = _failed(row.id, exc)
+            outcomes[row.id] = _failed(row, exc)
     return events
 
 
-def _failed(row_id: int, exc: BaseException) -> inbox.Outcome:
+def _failed(row: inbox.Claimed, exc: BaseException) -> inbox.Outcome:
     detail = "".join(traceback.format_exception(exc))
-    return inbox.Outcome(row_id, "failed", f"{type(exc).__name__}: {exc}\n{detail}"[:_ERROR_LIMIT])
+    return _outcome(row, "failed", f"{type(exc).__name__}: {exc}\n{detail}"[:_ERROR_LIMIT])
+
+
+def _outcome(row: inbox.Claimed, status: str, error: str | None = None) -> inbox.Outcome:
+    """How applying the row ended, addressed to its partition (its id and occurred_at)."""
+    return inbox.Outcome(row.id, row.occurred_at, status, error)

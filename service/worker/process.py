@@ -1,8 +1,8 @@
 """One worker process: the apply loop in the main thread, the other stages in threads beside it.
 
 `run` is `hubspot-webhooks worker`: apply (stage 2) in the calling thread; act (4), hydrate (3),
-the hourly prune and the inbox's partitions (5) and, when configured, the scheduled reconcile,
-pipeline-label refresh and alerts every ALERT_INTERVAL (5) in daemon threads.
+the partitions of the inbox, the action runs and the API call log (5) and, when configured, the
+scheduled reconcile, pipeline-label refresh and alerts every ALERT_INTERVAL (5) in daemon threads.
 SIGTERM or SIGINT sets one stop event: the current batch finishes, every loop ends, exit 0.
 `in_background` is the same set of stages inside `dev`, beside the web server.
 """
@@ -32,10 +32,8 @@ from service.worker.heartbeat import Heartbeat
 from service.worker.loop import Wakeup, run_loop
 from service.worker.upkeep import (
     PARTITIONS_SECONDS,
-    PRUNE_SECONDS,
     Alerts,
     keep_partitions,
-    prune,
     run_reconcile,
 )
 
@@ -234,8 +232,8 @@ def _stages(
         start("hydrate", hydrator.run_once, settings.worker_poll_seconds, None)
     if settings.alert_slack_webhook_url or settings.alert_webhook_url:
         start("alerts", Alerts(engine, settings).step, settings.alert_interval_seconds, None)
-    start("prune", lambda: prune(engine), PRUNE_SECONDS, None)
-    start("partitions", lambda: keep_partitions(engine, settings), PARTITIONS_SECONDS, None)
+    if settings.partition_upkeep:  # off: someone else keeps them (bench/soak.py's fast clock)
+        start("partitions", lambda: keep_partitions(engine, settings), PARTITIONS_SECONDS, None)
     for thread in threads:
         thread.start()
     try:

@@ -22,14 +22,13 @@ The conditions, each read from Postgres:
   whole window without one.
 - `reconcile`: the last scheduled reconcile failed (`run_reconcile` reports each outcome).
 
-`prune` deletes what only grows and is needed for a while: the per-minute API call counts older
-than a day, through their owner (service/hubspot/client.py); each worker runs it every
-`PRUNE_SECONDS`.
-
-`keep_partitions` keeps the inbox's partitions (service/partitions.py): the next days' created
-ahead, those older than INBOX_RETENTION dropped with their done and ignored rows (pending, failed
-and dead rows are put back first); each worker runs it every `PARTITIONS_SECONDS`, an advisory
-lock lets one of them work at a time.
+`keep_partitions` keeps the partitions (service/partitions.py) of the three tables that only
+grow, each through its owner's scheme: the inbox (INBOX_RETENTION: done and ignored rows go with
+their partition, pending, failed and dead rows are put back first), the action runs
+(ACTION_RETENTION: done runs go, pending, failed and dead runs are put back) and the per-minute
+API call counts (API_LOG_RETENTION: everything goes, a whole day's partition at a time, instead
+of a DELETE). The next days' partitions are created ahead. Each worker runs it every
+`PARTITIONS_SECONDS`; an advisory lock per table lets one of them work on a table at a time.
 """
 
 from __future__ import annotations
@@ -44,14 +43,13 @@ import sqlalchemy as sa
 from service import alerts, inbox, outbox, partitions
 from service.alerting import direct
 from service.alerting import messages as alert_messages
-from service.hubspot.client import HubSpotApi, prune_call_minutes
+from service.hubspot.client import HubSpotApi, call_log_partitioning
 from service.hubspot.reconcile import known_portals, reconcile_all
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 NO_WORKER_SECONDS = direct.NO_WORKER_SECONDS
-PRUNE_SECONDS = 3600.0
 PARTITIONS_SECONDS = 600.0
 RATE_LIMIT_429S = 10
 RATE_LIMIT_WINDOW = 300.0
@@ -180,32 +178,47 @@ class Alerts:
         return sent
 
 
-def prune(engine: sa.Engine) -> int:
-    """Delete the API call minutes older than a day; returns 0 (the loop then waits
-    PRUNE_SECONDS). Several workers may prune at once: each row goes once."""
-    with engine.begin() as connection:
-        pruned = prune_call_minutes(connection)
-    if pruned:
-        log.info("api_call_minutes_pruned", extra={"rows": pruned})
-    return 0
+def schemes(settings: Settings) -> list[partitions.Scheme]:
+    """The partitioned tables and how each is kept, on the inbox's day boundaries."""
+    width = inbox.PARTITION_SECONDS
+    return [
+        inbox.partitioning(settings.inbox_retention_seconds, width_seconds=width),
+        outbox.partitioning(settings.action_retention_seconds, width_seconds=width),
+        call_log_partitioning(settings.api_log_retention_seconds, width_seconds=width),
+    ]
 
 
 def keep_partitions(engine: sa.Engine, settings: Settings) -> int:
-    """Create the inbox's partitions ahead and drop the expired ones; returns 0 (the loop then
-    waits PARTITIONS_SECONDS). Another worker doing it right now: nothing to do."""
-    report = partitions.maintain(engine, inbox.partitioning(settings.inbox_retention_seconds))
-    if report is not None and (report.created or report.dropped or report.busy or report.cleaned):
-        log.info(
-            "inbox_partitions_kept",
-            extra={
-                "partitions_created": report.created,
-                "partitions_dropped": report.dropped,
-                "rows_moved": report.moved,
-                "rows_kept": report.kept,
-                "rows_cleaned": report.cleaned,
-                "busy": report.busy,
-            },
-        )
+    """Create every partitioned table's partitions ahead and drop the expired ones; returns 0
+    (the loop then waits PARTITIONS_SECONDS). A table another worker is keeping right now is
+    skipped; one table failing does not keep the others from being kept (raised after)."""
+    failed: Exception | None = None
+    for scheme in schemes(settings):
+        try:
+            report = partitions.maintain(engine, scheme)
+        except Exception as exc:  # noqa: BLE001 - the next tables still get their upkeep
+            log.warning(
+                "partitions_failed", extra={"table": scheme.table, "error": type(exc).__name__}
+            )
+            failed = failed or exc
+            continue
+        if report is not None and (
+            report.created or report.dropped or report.busy or report.cleaned
+        ):
+            log.info(
+                "partitions_kept",
+                extra={
+                    "table": scheme.table,
+                    "partitions_created": report.created,
+                    "partitions_dropped": report.dropped,
+                    "rows_moved": report.moved,
+                    "rows_kept": report.kept,
+                    "rows_cleaned": report.cleaned,
+                    "busy": report.busy,
+                },
+            )
+    if failed is not None:
+        raise failed
     return 0
 
 

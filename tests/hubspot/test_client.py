@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from service import db
+from service import db, partitions
 from service.hubspot.client import (
     MAX_TRIES,
     HubSpotApi,
     HubSpotError,
     HubSpotUnavailable,
+    call_log_partitioning,
     default_budgets,
     from_settings,
-    prune_call_minutes,
 )
 from service.hubspot.ratelimit import SAFETY_MARGIN_MS, Budget
 from service.settings import Settings
@@ -308,18 +308,22 @@ def test_a_429_on_search_does_not_block_other_calls(
     assert rate_limit_row(engine, PORTAL, "api").blocked_until_ms == 0
 
 
-def test_call_minutes_older_than_a_day_are_pruned_and_the_totals_kept(
-    api: HubSpotApi, engine: sa.Engine
+def test_call_minutes_older_than_the_retention_go_with_their_day_and_the_totals_stay(
+    make_api: MakeApi, own_engine: sa.Engine
 ) -> None:
+    api = make_api(own_engine)
     api.batch_read(PORTAL, "contacts", [101], ["email"])
-    with engine.begin() as connection:  # a day and an hour pass
-        connection.execute(
-            sa.text("UPDATE hubspot_api_call_minutes SET minute = minute - interval '25 hours'")
-        )
-    api.batch_read(PORTAL, "contacts", [101], ["email"])
+    scheme = call_log_partitioning(86_400)
+    days_later = int(time.time() * 1000) + 3 * 86_400_000  # three days pass
 
-    with engine.begin() as connection:
-        assert prune_call_minutes(connection) == 1
+    report = partitions.maintain(own_engine, scheme, now_ms=days_later)
+    api.batch_read(PORTAL, "contacts", [101], ["email"])  # dated now: stored all the same
+
+    assert report is not None
+    assert "hubspot_api_call_minutes_legacy" in report.dropped, "dropped whole, not deleted"
+    assert report.kept == 0, "nothing outlives its partition"
+    assert len(report.created) == 3, "three days on, the days ahead are ready again"
+    with own_engine.connect() as connection:
         minutes = connection.execute(
             sa.text(
                 "SELECT outcome, calls, now() - minute < interval '1 minute' AS recent"
@@ -327,7 +331,7 @@ def test_call_minutes_older_than_a_day_are_pruned_and_the_totals_kept(
             )
         ).all()
     assert [tuple(m) for m in minutes] == [("ok", 1, True)]
-    assert api_calls(engine) == {(PORTAL, "batch_read", "ok"): 2}
+    assert api_calls(own_engine) == {(PORTAL, "batch_read", "ok"): 2}
 
 
 # --- rate limits -----------------------------------------------------------------------------

@@ -18,7 +18,13 @@ from service.events import Event, Kind
 from service.rules.registry import Registry
 from service.worker.apply import Worker
 from tests.factories import PORTAL, change, hs
-from tests.support import Store, store_events
+from tests.support import (
+    Store,
+    partitions_holding,
+    partitions_read,
+    statements_run,
+    store_events,
+)
 
 LOG_TABLE = "test_handler_log"
 
@@ -367,6 +373,36 @@ def test_mirrored_events_without_user_handlers_are_done(
     worker.drain()
 
     assert statuses(engine) == {1: "done", 2: "done"}
+
+
+def test_a_batch_is_settled_in_the_partition_of_its_rows_not_in_every_partition(
+    store: Store, worker: Worker, engine: sa.Engine
+) -> None:
+    tomorrow = int(time.time() * 1000) + 86_400_000  # the next day's partition
+    store([hs("contact.creation", n, tomorrow + n) for n in (1, 2, 3)])
+    store([change("contact", 4, tomorrow + 4, "firstname", "Ada")])
+    with statements_run(engine, "UPDATE inbox_events") as seen:
+        assert worker.run_batch().claimed == 4
+    [(statement, parameters)] = seen
+    [partition] = partitions_holding(engine, [r.id for r in inbox_rows(engine)])
+
+    read = partitions_read(engine, statement, parameters)
+
+    assert statuses(engine) == {1: "done", 2: "done", 3: "done", 4: "done"}
+    assert set(read) == {partition}
+
+
+def test_a_batch_over_several_partitions_is_settled_in_each(
+    store: Store, worker: Worker, engine: sa.Engine
+) -> None:
+    now = int(time.time() * 1000)
+    # Today (the old table), the day after tomorrow, and a date past every partition (default).
+    store([hs("contact.creation", n, now + n * 86_400_000) for n in (0, 2, 40)])
+    assert len(partitions_holding(engine, [r.id for r in inbox_rows(engine)])) == 3
+
+    worker.drain()
+
+    assert statuses(engine) == {0: "done", 2: "done", 40: "done"}
 
 
 # --- a row that cannot be applied fails alone ------------------------------------------------

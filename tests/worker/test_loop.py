@@ -63,6 +63,7 @@ def log_run(inbox_id: int) -> dict[str, object]:
         "inbox_id": inbox_id,
         "rule": "log it",
         "action_index": 0,
+        "event_occurred_at": 1_700_000_000_000,
         "action": "log",
         "object_type": "contacts",
         "object_id": 101,

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from standardwebhooks.webhooks import Webhook
 
 from service import inbox, outbox
-from service.hubspot.client import MAX_TRIES, HubSpotApi, HubSpotUnavailable
+from service.hubspot.client import MAX_TRIES, HubSpotUnavailable
 from service.hubspot.oauth import Tokens, save_tokens
 from service.hubspot.sealing import TokenCipher
 from service.settings import Settings
@@ -21,7 +21,6 @@ from service.worker.upkeep import (
     RATE_LIMIT_429S,
     RATE_LIMIT_WINDOW,
     keep_partitions,
-    prune,
     run_reconcile,
 )
 from tests.alerting import ALERT_HOOK_PATH, ALERT_SLACK_PATH, AlertFleet
@@ -149,47 +148,39 @@ def test_429s_already_in_the_window_when_the_loops_first_look_fire(
     fires_once(fleet, "rate_limited")
 
 
-def test_upkeep_keeps_the_inbox_partitions_ready_days_ahead(
+PARTITIONED = ("inbox_events", "action_runs", "hubspot_api_call_minutes")
+
+
+def test_upkeep_keeps_every_partitioned_table_ready_days_ahead(
     own_engine: sa.Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def partitions() -> list[str]:
+    def partitions(table: str) -> list[str]:
         with own_engine.connect() as connection:
             return list(
                 connection.scalars(
                     sa.text(
                         "SELECT inhrelid::regclass::text FROM pg_inherits"
-                        " WHERE inhparent = 'inbox_events'::regclass ORDER BY 1"
-                    )
+                        " WHERE inhparent = CAST(:t AS regclass) ORDER BY 1"
+                    ),
+                    {"t": table},
                 )
             )
 
-    migrated = partitions()
+    migrated = {table: partitions(table) for table in PARTITIONED}
     with own_engine.begin() as connection:  # as if a day had passed: one day fewer ahead
-        connection.execute(sa.text(f"DROP TABLE {migrated[-2]}"))
+        for table in PARTITIONED:
+            connection.execute(sa.text(f"DROP TABLE {migrated[table][-2]}"))
 
     with caplog.at_level(logging.INFO, logger="service.worker.upkeep"):
         assert keep_partitions(own_engine, Settings.from_env({})) == 0  # then it waits
 
-    assert partitions() == migrated
-    [kept] = [r for r in caplog.records if r.getMessage() == "inbox_partitions_kept"]
-    assert getattr(kept, "partitions_created", None) == [migrated[-2]]
-
-
-def test_upkeep_prunes_api_call_minutes_older_than_a_day(
-    engine: sa.Engine, api: HubSpotApi
-) -> None:
-    api.batch_read(PORTAL, "contacts", [101], ["email"])
-    with engine.begin() as connection:
-        connection.execute(
-            sa.text("UPDATE hubspot_api_call_minutes SET minute = minute - interval '25 hours'")
-        )
-    api.batch_read(PORTAL, "contacts", [102], ["email"])
-
-    assert prune(engine) == 0  # then the loop waits PRUNE_SECONDS
-
-    with engine.connect() as connection:
-        left = connection.scalar(sa.text("SELECT sum(calls) FROM hubspot_api_call_minutes"))
-    assert left == 1
+    assert {table: partitions(table) for table in PARTITIONED} == migrated
+    kept = {
+        getattr(r, "table", None): getattr(r, "partitions_created", None)
+        for r in caplog.records
+        if r.getMessage() == "partitions_kept"
+    }
+    assert kept == {table: [migrated[table][-2]] for table in PARTITIONED}
 
 
 def test_scheduled_reconcile_fails(
