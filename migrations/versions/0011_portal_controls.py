@@ -15,10 +15,12 @@ documentation describes for partitioned tables:
 
 1. Outside the migration's transaction, each partition's index is built CONCURRENTLY: ingest goes
    on meanwhile. An invalid index a failed build left is dropped and built again.
-2. In one short transaction, the parent's index is created ON ONLY the parent (no build, invalid
-   until complete), a partition created since step 1 (new partitions are empty) gets its index
-   there, and each partition's index is attached; once all are, the parent's index is valid.
-   It locks the parent for a moment, never for a build.
+2. In one short transaction, the table is locked (it and its partitions, before any index, so
+   no worker's claim can hold an index lock the attach waits for: that deadlocked), the parent's
+   index is created ON ONLY the parent (no build, invalid until complete), a partition created
+   since step 1 (new partitions are empty) gets its index there, and each partition's index is
+   attached; once all are, the parent's index is valid. Ingest waits for milliseconds, never
+   for a build.
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ def upgrade() -> None:
     if not partitioned:
         return
     bind = op.get_bind()
+    # The table (and with it every partition) first, before any of their indexes: a claim locks
+    # the table, then its indexes, so taking an index's lock first could deadlock with a worker
+    # of the running release. Held for milliseconds (no build), within env.py's lock_timeout.
+    bind.execute(sa.text("LOCK TABLE inbox_events IN ACCESS EXCLUSIVE MODE"))
     bind.execute(sa.text(f"CREATE INDEX IF NOT EXISTS {INDEX} ON ONLY inbox_events {DEFINITION}"))
     for partition in bind.scalars(_PARTITIONS).all():
         name = _partition_index(partition)
