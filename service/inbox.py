@@ -403,7 +403,7 @@ def scrub_contacts(connection: sa.Connection, contacts: Iterable[tuple[int, int]
 
 # One partition per day of occurredAt (epoch ms), three ready ahead (service/partitions.py). A
 # constant, not a setting: a benchmark accelerating time passes its own width to `partitioning`.
-PARTITION_SECONDS = 86_400
+PARTITION_SECONDS = partitions.DAY_SECONDS
 PURGEABLE_STATUSES = ("dead", "failed")
 
 
@@ -412,14 +412,13 @@ def partitioning(
 ) -> partitions.Scheme:
     """How inbox_events is partitioned and kept: done and ignored rows go with their partition
     once its days are older than the retention; pending, failed and dead rows outlive it."""
-    return partitions.Scheme(
-        table="inbox_events",
-        key="occurred_at",
-        width_ms=int(width_seconds * 1000),
-        ahead=3,
-        retention_ms=int(retention_seconds * 1000),
+    return partitions.daily(
+        "inbox_events",
+        "occurred_at",
+        retention_seconds=retention_seconds,
         keep="status IN ('pending', 'failed', 'dead')",
         received="received_at",
+        width_seconds=width_seconds,
     )
 
 

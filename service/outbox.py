@@ -268,17 +268,18 @@ def record_own_write(
 
 
 # One partition per day of the firing event's occurredAt, on the inbox's boundaries (the same
-# width: service/inbox.py's PARTITION_SECONDS), three ready ahead.
-def partitioning(retention_seconds: float, *, width_seconds: float = 86_400) -> partitions.Scheme:
+# width), three ready ahead.
+def partitioning(
+    retention_seconds: float, *, width_seconds: float = partitions.DAY_SECONDS
+) -> partitions.Scheme:
     """How action_runs is partitioned and kept: done runs go with their partition once its days
     are older than the retention; pending, failed and dead runs outlive it (still claimable and
     replayable, from the default partition)."""
-    return partitions.Scheme(
-        table="action_runs",
-        key="event_occurred_at",
-        width_ms=int(width_seconds * 1000),
-        ahead=3,
-        retention_ms=int(retention_seconds * 1000),
+    return partitions.daily(
+        "action_runs",
+        "event_occurred_at",
+        retention_seconds=retention_seconds,
         keep="status IN ('pending', 'failed', 'dead')",
         received="created_at",
+        width_seconds=width_seconds,
     )

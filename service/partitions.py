@@ -96,6 +96,34 @@ class Scheme:
         return f"{self.table}_p{stamp}"
 
 
+DAY_SECONDS = 86_400  # the queues' partition width: one day of their key
+AHEAD = 3  # partitions kept ready beyond the current one
+
+
+def daily(
+    table: str,
+    key: str,
+    *,
+    retention_seconds: float,
+    keep: str,
+    received: str | None = None,
+    key_type: Literal["epoch_ms", "timestamptz"] = "epoch_ms",
+    width_seconds: float = DAY_SECONDS,
+) -> Scheme:
+    """The queues' scheme: a partition per day of `key` (a benchmark passes a shorter width),
+    AHEAD ready, dropped once older than the retention except the rows `keep` selects."""
+    return Scheme(
+        table=table,
+        key=key,
+        width_ms=int(width_seconds * 1000),
+        ahead=AHEAD,
+        retention_ms=int(retention_seconds * 1000),
+        keep=keep,
+        received=received,
+        key_type=key_type,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Partition:
     """One attached range partition; None bounds are MINVALUE / MAXVALUE."""

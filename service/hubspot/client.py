@@ -423,19 +423,18 @@ _COUNT = sa.text(
 
 
 def call_log_partitioning(
-    retention_seconds: float, *, width_seconds: float = 86_400
+    retention_seconds: float, *, width_seconds: float = partitions.DAY_SECONDS
 ) -> partitions.Scheme:
     """How hubspot_api_call_minutes is partitioned and kept: a day a partition, three ready
     ahead, each dropped whole once older than the retention (nothing is kept: the totals live
     in hubspot_api_calls)."""
-    return partitions.Scheme(
-        table="hubspot_api_call_minutes",
-        key="minute",
-        width_ms=int(width_seconds * 1000),
-        ahead=3,
-        retention_ms=int(retention_seconds * 1000),
+    return partitions.daily(
+        "hubspot_api_call_minutes",
+        "minute",
+        retention_seconds=retention_seconds,
         keep="false",
         key_type="timestamptz",
+        width_seconds=width_seconds,
     )
 
 
