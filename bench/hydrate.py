@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 # tests/ is not an installed package: the fake HubSpot and the ingest helper are imported from
 # the checkout (this file's parent's parent), here and in every spawned process.
@@ -56,10 +57,10 @@ import sqlalchemy as sa
 
 from service import db, fetches, mirror
 from service.hubspot import hydration
-from service.hubspot.client import HubSpotApi, default_budgets
+from service.hubspot.client import HubSpotApi, default_budgets, ms_of
 from service.hubspot.hydration import Hydrator
 from service.hubspot.ratelimit import SAFETY_MARGIN_MS, RateLimiter
-from service.hubspot.sdk import REQUEST_TIMEOUT
+from service.hubspot.sdk import send
 from service.rules.registry import Registry
 from service.worker.apply import Worker
 from tests.fake_hubspot import FakeHubSpot
@@ -312,24 +313,20 @@ class ChildReport:
 
 
 def _contact_snapshot(data: Any) -> mirror.Snapshot:
-    updated = data.updated_at
-    updated_ms = int(updated.timestamp() * 1000) if isinstance(updated, datetime) else 0
-    return mirror.Snapshot(int(data.id), dict(data.properties or {}), updated_ms)
+    updated = data.get("updatedAt")
+    updated_ms = ms_of(updated) if isinstance(updated, str) and updated else 0
+    return mirror.Snapshot(int(data["id"]), dict(data.get("properties") or {}), updated_ms)
 
 
 def fetch_one(api: HubSpotApi, object_id: int, properties: list[str], starts: list[float]) -> Any:
     """GET one contact through the API client's call loop (rate limit, retries, counting)."""
 
-    def request(auth: dict[str, str]) -> Any:
+    query = urlencode({"properties": ",".join(properties), "archived": "false"})
+    path = f"{api.paths.record('contacts', object_id)}?{query}"
+
+    def request(token: str) -> Any:
         starts.append(time.perf_counter())
-        return api.sdk.objects_basic.get_by_id_with_http_info(
-            "contacts",
-            str(object_id),
-            properties=properties,
-            archived=False,
-            _request_auth=auth,
-            _request_timeout=REQUEST_TIMEOUT,
-        )
+        return send(api.base_url, "GET", path, token=token, session=api.session)
 
     return api.call(PORTAL_ID, "get_contact", request)
 
@@ -376,10 +373,8 @@ def _run_child(
     )
     sdk_seconds: list[float] = []
     starts: list[float] = []
-    # Time the SDK call itself (HTTP round trip, the SDK's (de)serialisation), nothing of ours.
-    batch, basic = api.sdk.objects_batch, api.sdk.objects_basic
-    batch.read_with_http_info = timed(batch.read_with_http_info, sdk_seconds)
-    basic.get_by_id_with_http_info = timed(basic.get_by_id_with_http_info, sdk_seconds)
+    # Time the HTTP round trip itself (the session's request), nothing of ours.
+    api.session.request = timed(api.session.request, sdk_seconds)  # type: ignore[method-assign]
     # Warm up: imports, the SDK's models, the HTTP and database connections; nothing applied.
     with engine.connect() as connection:
         properties = hydration.properties_for(connection, PORTAL_ID, "contacts", {})

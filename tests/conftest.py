@@ -16,10 +16,11 @@ import sqlalchemy as sa
 from service import db
 from service.hubspot import client
 from service.hubspot.client import HubSpotApi, default_budgets
+from service.hubspot.paths import ApiPaths
 from service.hubspot.ratelimit import Budget, RateLimiter
 from service.rules.engine import load_engine
 from service.rules.registry import Registry
-from service.settings import Settings
+from service.settings import DEFAULT_API_VERSION, Settings
 from service.worker.act import ActionRunner
 from service.worker.apply import Worker
 from tests.factories import (
@@ -51,6 +52,27 @@ def pytest_configure(config: pytest.Config) -> None:
         "fake_hubspot(seed): the `fake` fixture starts empty and calls seed(fake) instead of"
         " loading tests/payloads/hubspot_seed.json",
     )
+    config.addinivalue_line(
+        "markers",
+        "both_api_versions: run each test using the API clients once per HUBSPOT_API_VERSION"
+        " path family (date-based 2026-03 and legacy v3)",
+    )
+
+
+API_VERSIONS = ("2026-03", "v3")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize `api_version` over both path families in modules marked both_api_versions."""
+    marked = metafunc.definition.get_closest_marker("both_api_versions") is not None
+    if marked and "api_version" in metafunc.fixturenames:
+        metafunc.parametrize("api_version", API_VERSIONS, indirect=True)
+
+
+@pytest.fixture
+def api_version(request: pytest.FixtureRequest) -> str:
+    """The HUBSPOT_API_VERSION of the API clients: the default, or each family when marked."""
+    return str(getattr(request, "param", DEFAULT_API_VERSION))
 
 
 @pytest.fixture(scope="session")
@@ -174,7 +196,7 @@ def fake(request: pytest.FixtureRequest) -> Iterator[FakeHubSpot]:
 
 
 @pytest.fixture
-def make_api(clean_db: str, engine: sa.Engine, fake: FakeHubSpot) -> MakeApi:
+def make_api(clean_db: str, engine: sa.Engine, fake: FakeHubSpot, api_version: str) -> MakeApi:
     """Make API clients on the fake, on a clean database: the private app token by default,
     OAuth with `token=None`; backoff pauses are recorded, not waited (`sleep`); another engine
     stands for another process."""
@@ -200,6 +222,7 @@ def make_api(clean_db: str, engine: sa.Engine, fake: FakeHubSpot) -> MakeApi:
             client_secret=fake.client_secret,
             token_keys=(TOKEN_KEY,),
             sleep=sleep or Sleeps(),
+            paths=ApiPaths(api_version),
         )
 
     return make
@@ -226,7 +249,7 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def harness(
-    clean_db: str, engine: sa.Engine, receiver: Receiver, tmp_path: Path
+    clean_db: str, engine: sa.Engine, receiver: Receiver, tmp_path: Path, api_version: str
 ) -> Iterator[MakeHarness]:
     """Build a Harness from rules TOML, extra environment and optional user handlers; with
     `fake=`, the HubSpot actions call that fake HubSpot."""
@@ -252,6 +275,7 @@ def harness(
         }
         if fake is not None:
             environ |= {"HUBSPOT_ACCESS_TOKEN": TOKEN, "HUBSPOT_API_BASE_URL": fake.url}
+            environ |= {"HUBSPOT_API_VERSION": api_version}
         settings = Settings.from_env(environ)
         rule_engine = load_engine(settings, [])
         assert rule_engine is not None

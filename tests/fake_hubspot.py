@@ -17,6 +17,10 @@ X-HubSpot-RateLimit-* headers (the daily ones only for private-app tokens, as Hu
 Switches inject 5xx, latency and dropped connections, and lose the answer to a request that
 was carried out (a create stored, then the connection closed or a 5xx sent); every call is
 recorded. Search also takes HubSpot's `associations.{object type}` pseudo-property in filters.
+Both path families are served by the same handlers: the date-based paths of HUBSPOT_API_VERSION
+(`/crm/objects/2026-03/...`, `/crm/pipelines/2026-03/...`, `/oauth/2026-03/token`) are routed as
+their `/crm/v3/...` and `/oauth/v1/...` twins (`legacy_path`); a call is recorded with the path
+it came on, and path prefixes in switches and `count` match either form.
 
 The server runs in its own thread; every method here is safe to call from the test's thread.
 """
@@ -73,6 +77,22 @@ MAX_FILTERS_PER_GROUP = 10
 MAX_FILTERS = 25
 
 _SCOPE_KEY = "fake_hubspot.call"
+# Date-based paths (HUBSPOT.md §5) and the legacy twins their handlers are routed under.
+_DATED_PATHS = (
+    (re.compile(r"^/crm/(objects|pipelines)/20\d\d-\d\d/"), r"/crm/v3/\1/"),
+    (re.compile(r"^/crm/associations/20\d\d-\d\d/"), "/crm/v4/associations/"),
+    (re.compile(r"^/oauth/20\d\d-\d\d/token$"), "/oauth/v1/token"),
+)
+
+
+def legacy_path(path: str) -> str:
+    """The `/crm/v3/...` (or `/crm/v4`, `/oauth/v1`) path a date-based path stands for."""
+    for dated, legacy in _DATED_PATHS:
+        path, replaced = dated.subn(legacy, path, count=1)
+        if replaced:
+            break
+    return path
+
 
 _TYPES = (  # plural name (canonical here), singular, object type id
     ("contacts", "contact", "0-1"),
@@ -207,9 +227,13 @@ class Call(NamedTuple):
     """One request the fake answered (status 0: the connection was dropped without an answer)."""
 
     method: str
-    path: str
+    path: str  # as it came: date-based or legacy
     portal_id: int | None
     status: int
+
+    def under(self, prefix: str) -> bool:
+        """Whether the call's path, or its legacy twin, starts with `prefix`."""
+        return self.path.startswith(prefix) or legacy_path(self.path).startswith(prefix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +296,7 @@ class _Fault:
 
 @dataclass(slots=True)
 class _CallInfo:
+    path: str = ""  # as it came (the scope's path is its legacy twin)
     portal_id: int | None = None
 
 
@@ -813,7 +838,7 @@ class FakeHubSpot:
             return sum(
                 1
                 for c in self._calls
-                if (path_prefix is None or c.path.startswith(path_prefix))
+                if (path_prefix is None or c.under(path_prefix))
                 and (status is None or c.status == status)
                 and (method is None or c.method == method.upper())
                 and (portal_id is None or c.portal_id == portal_id)
@@ -960,11 +985,13 @@ class FakeHubSpot:
             await self._app(scope, receive, send)
             return
         method, path = str(scope["method"]), str(scope["path"])
-        info = _CallInfo()
-        scope[_SCOPE_KEY] = info
+        route = legacy_path(path)
+        info = _CallInfo(path=path)
+        scope = {**scope, "path": route, "raw_path": route.encode(), _SCOPE_KEY: info}
         with self._lock:
             fault = self._take_fault(path)
-            delay = self._latency if path.startswith(self._latency_prefix or "") else 0.0
+            under_latency = Call(method, path, None, 0).under(self._latency_prefix or "")
+            delay = self._latency if under_latency else 0.0
         if delay > 0:
             await asyncio.sleep(delay)
         if fault is not None and fault.kind == "drop":
@@ -988,7 +1015,8 @@ class FakeHubSpot:
 
     async def _lose_answer(self, scope: Scope, receive: Receive, send: Send, status: int) -> None:
         """Carry the request out, then close the connection or answer `status` instead."""
-        method, path, info = str(scope["method"]), str(scope["path"]), scope[_SCOPE_KEY]
+        method, info = str(scope["method"]), scope[_SCOPE_KEY]
+        path = info.path
 
         async def discard(message: Message) -> None:
             return None
@@ -1002,7 +1030,7 @@ class FakeHubSpot:
 
     def _take_fault(self, path: str) -> _Fault | None:
         for fault in self._faults:
-            if fault.path_prefix is None or path.startswith(fault.path_prefix):
+            if fault.path_prefix is None or Call("", path, None, 0).under(fault.path_prefix):
                 fault.remaining -= 1
                 if fault.remaining <= 0:
                     self._faults.remove(fault)

@@ -245,3 +245,15 @@ def test_api_log_retention_defaults_to_a_day_and_refuses_less_than_an_hour() -> 
     assert Settings.from_env({"API_LOG_RETENTION": "2h"}).api_log_retention_seconds == 7200
     with pytest.raises(SettingsError, match=r"^API_LOG_RETENTION is invalid: .*shorter than 1h"):
         Settings.from_env({"API_LOG_RETENTION": "10m"})
+
+
+def test_hubspot_api_version_defaults_to_2026_03_and_accepts_dates_and_v3() -> None:
+    assert Settings.from_env({}).api_version == "2026-03"
+    assert Settings.from_env({"HUBSPOT_API_VERSION": "v3"}).api_version == "v3"
+    assert Settings.from_env({"HUBSPOT_API_VERSION": " 2026-09 "}).api_version == "2026-09"
+
+
+@pytest.mark.parametrize("value", ["v4", "2026-3", "2026-13", "2026-00", "26-03", "latest"])
+def test_a_malformed_hubspot_api_version_is_refused_by_name(value: str) -> None:
+    with pytest.raises(SettingsError, match=r"^HUBSPOT_API_VERSION is invalid: "):
+        Settings.from_env({"HUBSPOT_API_VERSION": value})

@@ -5,8 +5,9 @@ return, and the rules every call follows: it takes a token (the private app toke
 portal's OAuth token from oauth.TokenStore, refreshed once on a 401), first reserves a slot in the
 portal's shared budget (ratelimit.py, `default_budgets`), blocks the bucket for Retry-After on a
 429, retries 5xx and connection errors with backoff and jitter, raises HubSpotError at once on
-other 4xx, and counts every attempt by portal, endpoint and outcome. API paths and versions live
-in the SDK and here only (HUBSPOT.md §4: v3 paths are dated).
+other 4xx, and counts every attempt by portal, endpoint and outcome. Paths come from paths.py for
+HUBSPOT_API_VERSION (date-based like 2026-03, or v3); every call goes through the SDK's generic
+request (sdk.send), so both path families parse answers, rate-limit headers and errors alike.
 
 The per-minute counts (hubspot_api_call_minutes) are partitioned by day of `minute`;
 `call_log_partitioning` says how service/partitions.py keeps them: a day's partition is dropped
@@ -15,7 +16,6 @@ whole once it is older than API_LOG_RETENTION (no DELETE, whatever the table hol
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,23 +23,24 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import requests
 import sqlalchemy as sa
 
 from service import partitions
 from service.hubspot.oauth import NeedsReinstall, NoToken, TokenStore
+from service.hubspot.paths import ApiPaths
 from service.hubspot.ratelimit import Budget, RateLimiter
 from service.hubspot.sdk import (
-    REQUEST_TIMEOUT,
     TRANSPORT_ERRORS,
     HubSpotError,
     HubSpotUnavailable,
     error_text,
     is_api_exception,
-    sdk_client,
+    send,
     status_of,
 )
 from service.hubspot.sealing import TokenCipher
-from service.settings import Settings
+from service.settings import DEFAULT_API_VERSION, Settings
 
 # What a call may raise is part of this client's API: its callers import those errors from here.
 # They live where they are raised: sdk.py (shared with oauth.py, which must not import this
@@ -51,6 +52,7 @@ __all__ = [
     "HubSpotUnavailable",
     "NeedsReinstall",
     "NoToken",
+    "Pipeline",
     "Record",
     "SearchPage",
     "call_log_partitioning",
@@ -82,26 +84,21 @@ class SearchPage:
     after: str | None
 
 
-@dataclass(slots=True)
-class _Sdk:
-    """hubspot-api-client API objects, built once (each property access builds a new pool)."""
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One stage of a pipeline."""
 
-    client: Any
-    objects_batch: Any
-    objects_basic: Any
-    objects_search: Any
-    pipelines: Any
+    id: str
+    label: str
 
 
-def _sdk(base_url: str) -> _Sdk:
-    client = sdk_client(base_url)
-    return _Sdk(
-        client=client,
-        objects_batch=client.crm.objects.batch_api,
-        objects_basic=client.crm.objects.basic_api,
-        objects_search=client.crm.objects.search_api,
-        pipelines=client.crm.pipelines.pipelines_api,
-    )
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """One pipeline with its stages, as the pipelines API returns it."""
+
+    id: str
+    label: str
+    stages: list[Stage]
 
 
 def _retry_after(exc: BaseException) -> float:
@@ -131,29 +128,12 @@ def _ms(value: Any) -> int:
     return 0
 
 
-def _unpack(result: Any) -> tuple[Any, Any]:
-    """(data, headers) of an SDK `*_with_http_info` result, parsed JSON when not preloaded."""
-    if isinstance(result, tuple):
-        return result[0], result[2]
-    body = result.data
-    return (json.loads(body) if body else {}), result.headers
-
-
-def _record_json(obj: Mapping[str, Any]) -> Record:
+def _record(obj: Mapping[str, Any]) -> Record:
     return Record(
         id=int(obj["id"]),
         properties=dict(obj.get("properties") or {}),
         updated_at_ms=_ms(obj.get("updatedAt")),
         archived=bool(obj.get("archived", False)),
-    )
-
-
-def _record(obj: Any) -> Record:
-    return Record(
-        id=int(obj.id),
-        properties=dict(obj.properties or {}),
-        updated_at_ms=_ms(obj.updated_at),
-        archived=bool(getattr(obj, "archived", False)),
     )
 
 
@@ -169,18 +149,20 @@ class HubSpotApi:
     client_secret: str | None = None
     token_keys: tuple[str, ...] = field(default=(), repr=False)  # TOKEN_ENCRYPTION_KEY
     sleep: Callable[[float], None] = time.sleep
-    _sdk: _Sdk | None = field(default=None, init=False, repr=False)
+    paths: ApiPaths = field(default_factory=lambda: ApiPaths(DEFAULT_API_VERSION))
+    session: requests.Session = field(default_factory=requests.Session, repr=False)  # pooled
     _tokens: TokenStore | None = field(default=None, init=False, repr=False)
     _observed: dict[tuple[int, str], tuple[int, int]] = field(
         default_factory=dict, init=False, repr=False
     )
 
-    @property
-    def sdk(self) -> _Sdk:
-        """The SDK API objects, created on first use."""
-        if self._sdk is None:
-            self._sdk = _sdk(self.base_url)
-        return self._sdk
+    def _request(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None
+    ) -> Callable[[str], Any]:
+        """The request `call` makes with each attempt's token."""
+        return lambda token: send(
+            self.base_url, method, path, token=token, json_body=body, session=self.session
+        )
 
     # --- CRM -----------------------------------------------------------------------------
 
@@ -188,27 +170,15 @@ class HubSpotApi:
         self, portal_id: int, object_type: str, ids: Sequence[int], properties: Sequence[str]
     ) -> tuple[list[Record], list[int]]:
         """Read up to 100 records; returns (records found, ids HubSpot reports missing)."""
-        from hubspot.crm.objects import BatchReadInputSimplePublicObjectId
-
         if len(ids) > 100:
             raise ValueError("HubSpot batch read takes at most 100 ids")
-        request = BatchReadInputSimplePublicObjectId(
-            inputs=[{"id": str(i)} for i in ids],
-            properties=list(properties),
-            properties_with_history=[],
-        )
+        body = {"inputs": [{"id": str(i)} for i in ids], "properties": list(properties)}
         response = self.call(
             portal_id,
             "batch_read",
-            lambda auth: self.sdk.objects_batch.read_with_http_info(
-                object_type,
-                request,
-                archived=False,
-                _request_auth=auth,
-                _request_timeout=REQUEST_TIMEOUT,
-            ),
+            self._request("POST", self.paths.batch_read(object_type) + "?archived=false", body),
         )
-        records = [_record(r) for r in response.results or []]
+        records = [_record(r) for r in response.get("results") or []]
         found = {r.id for r in records}
         missing = [i for i in ids if i not in found]
         return records, missing
@@ -236,18 +206,16 @@ class HubSpotApi:
         response = self.call(
             portal_id,
             "search",
-            lambda auth: self.sdk.objects_search.do_search_with_http_info(
-                object_type,
+            self._request(
+                "POST",
+                self.paths.search(object_type),
                 {k: v for k, v in body.items() if v is not None},
-                _request_auth=auth,
-                _request_timeout=REQUEST_TIMEOUT,
-                _preload_content=False,
             ),
             bucket="search",
         )
         following = ((response.get("paging") or {}).get("next") or {}).get("after")
         return SearchPage(
-            records=[_record_json(r) for r in response.get("results") or []],
+            records=[_record(r) for r in response.get("results") or []],
             total=int(response.get("total") or 0),
             after=str(following) if following else None,
         )
@@ -260,31 +228,28 @@ class HubSpotApi:
         associations: Sequence[dict[str, Any]] = (),
     ) -> Record:
         """Create a record (tasks, notes, ...) with associations."""
-        from hubspot.crm.objects import SimplePublicObjectInputForCreate
-
-        body = SimplePublicObjectInputForCreate(
-            properties=properties, associations=list(associations)
-        )
+        body = {"properties": properties, "associations": list(associations)}
         created = self.call(
             portal_id,
             f"create_{object_type}",
-            lambda auth: self.sdk.objects_basic.create_with_http_info(
-                object_type, body, _request_auth=auth, _request_timeout=REQUEST_TIMEOUT
-            ),
+            self._request("POST", self.paths.objects(object_type), body),
             retry_server_errors=False,  # a POST that may have landed is not repeated blindly
         )
         return _record(created)
 
-    def pipelines(self, portal_id: int, object_type: str = "deals") -> list[Any]:
+    def pipelines(self, portal_id: int, object_type: str = "deals") -> list[Pipeline]:
         """The pipelines of an object type, with their stages."""
         response = self.call(
-            portal_id,
-            "pipelines",
-            lambda auth: self.sdk.pipelines.get_all_with_http_info(
-                object_type, _request_auth=auth, _request_timeout=REQUEST_TIMEOUT
-            ),
+            portal_id, "pipelines", self._request("GET", self.paths.pipelines(object_type))
         )
-        return list(response.results or [])
+        return [
+            Pipeline(
+                str(p["id"]),
+                str(p.get("label") or ""),
+                [Stage(str(st["id"]), str(st.get("label") or "")) for st in p.get("stages") or []],
+            )
+            for p in response.get("results") or []
+        ]
 
     # --- the call loop ---------------------------------------------------------------------
 
@@ -292,24 +257,19 @@ class HubSpotApi:
         self,
         portal_id: int,
         endpoint: str,
-        request: Callable[[dict[str, str]], Any],
+        request: Callable[[str], Any],
         *,
         bucket: str = "api",
         retry_server_errors: bool = True,
     ) -> Any:
-        """Run one SDK `*_with_http_info` call under the rate limit, with HubSpot's retry rules."""
+        """Run one request (given each attempt's token; answers `(data, status, headers)`) under
+        the rate limit, with HubSpot's retry rules."""
         refreshed = False
         for attempt in range(1, MAX_TRIES + 1):
             token = self.token_for(portal_id)
             self.limiter.acquire(portal_id, bucket)
-            auth = {
-                "type": "oauth2",
-                "in": "header",
-                "key": "Authorization",
-                "value": f"Bearer {token}",
-            }
             try:
-                data, headers = _unpack(request(auth))
+                data, _, headers = request(token)
             except TRANSPORT_ERRORS as exc:
                 self._count(portal_id, endpoint, "connection_error")
                 if not retry_server_errors or attempt == MAX_TRIES:
@@ -383,6 +343,7 @@ class HubSpotApi:
                 client_id=self.client_id,
                 client_secret=self.client_secret,
                 cipher=TokenCipher(self.token_keys),
+                paths=self.paths,
             )
         return self._tokens
 
@@ -409,6 +370,7 @@ def from_settings(settings: Settings, engine: sa.Engine) -> HubSpotApi | None:
         client_id=settings.client_id,
         client_secret=settings.client_secrets[0] if settings.client_secrets else None,
         token_keys=settings.token_encryption_keys,
+        paths=ApiPaths(settings.api_version),
     )
 
 

@@ -9,7 +9,8 @@ session-level advisory lock, so no transaction stays open across the call), mark
 every row with the first key (`rotate-token-key`). Rows stored in plaintext before encryption
 are read as they are, with a warning once per portal, and sealed by their next refresh or by
 `rotate-token-key`. client.py asks it for tokens; it calls HubSpot's OAuth endpoints through
-sdk.py only.
+sdk.py only, the token endpoint on HUBSPOT_API_VERSION's path (paths.py: `/oauth/2026-03/token`
+or `/oauth/v1/token`, the same form and answer).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from urllib.parse import urlencode
 import sqlalchemy as sa
 
 from service.db import utcnow
+from service.hubspot.paths import ApiPaths
 from service.hubspot.sdk import (
     REQUEST_TIMEOUT,
     TRANSPORT_ERRORS,
@@ -33,10 +35,11 @@ from service.hubspot.sdk import (
     error_text,
     is_api_exception,
     sdk_client,
+    send,
     status_of,
 )
 from service.hubspot.sealing import NoKey, TokenCipher, WrongKey, is_sealed
-from service.settings import Settings
+from service.settings import DEFAULT_API_VERSION, Settings
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +90,10 @@ def authorize_url(*, client_id: str, redirect_uri: str, scopes: Sequence[str], s
 
 @dataclass(slots=True)
 class _OAuthSdk:
-    """The SDK's OAuth API objects, built once (each property access builds a new pool)."""
+    """The SDK's OAuth API objects, built once (each property access builds a new pool). Token
+    metadata stays on `/oauth/v1/access-tokens/{token}`: 2026-03 replaces it with an introspect
+    endpoint of another shape."""
 
-    tokens: Any
     access_tokens: Any
 
 
@@ -102,6 +106,7 @@ class TokenStore:
     client_id: str | None = None
     client_secret: str | None = None
     cipher: TokenCipher = field(default_factory=lambda: TokenCipher(()), repr=False)
+    paths: ApiPaths = field(default_factory=lambda: ApiPaths(DEFAULT_API_VERSION))
     _sdk: _OAuthSdk | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -113,6 +118,7 @@ class TokenStore:
             client_id=settings.client_id,
             client_secret=settings.client_secrets[0] if settings.client_secrets else None,
             cipher=TokenCipher(settings.token_encryption_keys),
+            paths=ApiPaths(settings.api_version),
         )
 
     @property
@@ -120,9 +126,7 @@ class TokenStore:
         """The SDK's OAuth API objects, created on first use."""
         if self._sdk is None:
             client = sdk_client(self.base_url)
-            self._sdk = _OAuthSdk(
-                tokens=client.oauth.tokens_api, access_tokens=client.oauth.access_tokens_api
-            )
+            self._sdk = _OAuthSdk(access_tokens=client.oauth.access_tokens_api)
         return self._sdk
 
     def token_for(self, portal_id: int) -> str:
@@ -207,11 +211,11 @@ class TokenStore:
         if not self.client_id or not self.client_secret:
             raise HubSpotError("OAuth needs HUBSPOT_CLIENT_ID and HUBSPOT_CLIENT_SECRET")
         try:
-            response = self.sdk.tokens.create(
-                client_id=self.client_id,
-                client_secret=self.client_secret,
-                _request_timeout=REQUEST_TIMEOUT,
-                **form,
+            response, _, _ = send(
+                self.base_url,
+                "POST",
+                self.paths.oauth_token(),
+                form={"client_id": self.client_id, "client_secret": self.client_secret, **form},
             )
         except TRANSPORT_ERRORS as exc:
             raise HubSpotUnavailable(f"oauth token: {type(exc).__name__}") from None
@@ -224,11 +228,14 @@ class TokenStore:
             raise kind(
                 f"oauth token: {status} {category} {message}".strip(), status=status
             ) from None
-        return Tokens(
-            access_token=str(response.access_token),
-            refresh_token=str(response.refresh_token),
-            expires_at=utcnow() + timedelta(seconds=int(response.expires_in)),
-        )
+        try:
+            return Tokens(
+                access_token=str(response["access_token"]),
+                refresh_token=str(response["refresh_token"]),
+                expires_at=utcnow() + timedelta(seconds=int(response["expires_in"])),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise HubSpotUnavailable("oauth token: the answer carries no token") from None
 
     def exchange_code(self, code: str, redirect_uri: str) -> tuple[int, Tokens, str]:
         """OAuth: trade an authorization code for tokens; returns (portal id, tokens, scopes)."""

@@ -20,6 +20,7 @@ from service.settings.values import port_number as port_number
 T = TypeVar("T")
 
 DEFAULT_API_BASE_URL = "https://api.hubapi.com"
+DEFAULT_API_VERSION = "2026-03"  # HubSpot's date-based API version (HUBSPOT.md §5)
 # The path HubSpot POSTs to: the webhook target URL configured in the app is BASE + this.
 WEBHOOK_PATH = "/webhooks/hubspot"
 # What a mirror without configuration fetches, per object type (MIRROR_PROPERTIES overrides).
@@ -96,6 +97,7 @@ class Settings:
     webhook_public_url: str | None = None  # WEBHOOK_PUBLIC_URL, else Render's external URL
     oauth_redirect_url: str | None = None  # None: beside webhook_public_url (installs.py)
     api_base_url: str = DEFAULT_API_BASE_URL
+    api_version: str = DEFAULT_API_VERSION  # HUBSPOT_API_VERSION: YYYY-MM or v3
     port: int = 8000
     admin_token: str | None = field(default=None, repr=False)
     metrics_token: str | None = field(default=None, repr=False)
@@ -162,6 +164,7 @@ class Settings:
             or _render_public_url(r),
             oauth_redirect_url=r.get("OAUTH_REDIRECT_URL", values.public_url),
             api_base_url=r.get("HUBSPOT_API_BASE_URL", values.base_url) or DEFAULT_API_BASE_URL,
+            api_version=r.get("HUBSPOT_API_VERSION", values.api_version) or DEFAULT_API_VERSION,
             port=r.get("PORT", port_number) or 8000,
             admin_token=r.get("ADMIN_TOKEN", values.admin_token),
             metrics_token=r.get("METRICS_TOKEN", values.bearer_token),

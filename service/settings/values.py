@@ -47,6 +47,13 @@ def base_url(value: str) -> str:
     return http_url(value).rstrip("/")
 
 
+def api_version(value: str) -> str:
+    """HubSpot's API version: a date-based `YYYY-MM` (HUBSPOT.md §5) or the legacy `v3`."""
+    if value == "v3" or re.fullmatch(r"20\d\d-(0[1-9]|1[0-2])", value):
+        return value
+    raise ValueError("must be a date-based version like 2026-03, or v3")
+
+
 def port_number(value: str) -> int:
     """A TCP port to listen on, 1 to 65535: the rule for PORT and every `--port`."""
     return int_range(1, 65535)(value)

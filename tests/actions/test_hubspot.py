@@ -22,6 +22,9 @@ TASKS = "/crm/v3/objects/tasks"
 NOTES = "/crm/v3/objects/notes"
 SEARCHES = {"tasks": f"{TASKS}/search", "notes": f"{NOTES}/search"}
 
+# Each test runs on the date-based paths and on v3 (the fake matches prefixes in either form).
+pytestmark = pytest.mark.both_api_versions
+
 
 def task_payload(
     object_type: str = "deals", object_id: Any = 301, **changes: Any

@@ -31,9 +31,12 @@ from service.hubspot.ratelimit import SAFETY_MARGIN_MS, Budget
 from service.settings import Settings
 from tests.factories import PORTAL, TOKEN
 from tests.fake_hubspot import FakeHubSpot, epoch_ms
-from tests.support import DbClock, MakeApi, Sleeps
+from tests.support import DbClock, InstallTokens, MakeApi, Sleeps
 
 BATCH_READ = "/crm/v3/objects/contacts/batch/read"
+
+# Each test runs on the date-based paths and on v3 (the fake matches prefixes in either form).
+pytestmark = pytest.mark.both_api_versions
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -151,6 +154,39 @@ def test_pipelines_list_stages_with_their_ids(api: HubSpotApi) -> None:
     stages = {stage.label: stage.id for stage in sales.stages}
     assert stages["Closed Won"] == "closedwon"
     assert stages["Appointment Scheduled"] == "appointmentscheduled"
+
+
+def test_every_crm_call_goes_on_the_configured_path_family(
+    api: HubSpotApi, fake: FakeHubSpot, api_version: str
+) -> None:
+    api.batch_read(PORTAL, "contacts", [101], ["email"])
+    api.search_modified_since(PORTAL, "contacts", since_ms=0, properties=["email"])
+    api.create_object(PORTAL, "notes", {"hs_timestamp": "2026-03-10T09:00:00.000Z"})
+    api.pipelines(PORTAL, "deals")
+
+    if api_version == "v3":
+        objects, pipelines = "/crm/v3/objects", "/crm/v3/pipelines"
+    else:
+        objects, pipelines = f"/crm/objects/{api_version}", f"/crm/pipelines/{api_version}"
+    assert [(c.method, c.path, c.status) for c in fake.calls] == [
+        ("POST", f"{objects}/contacts/batch/read", 200),
+        ("POST", f"{objects}/contacts/search", 200),
+        ("POST", f"{objects}/notes", 201),
+        ("GET", f"{pipelines}/deals", 200),
+    ]
+
+
+def test_an_oauth_refresh_goes_on_the_configured_token_path(
+    make_api: MakeApi, fake: FakeHubSpot, install_tokens: InstallTokens, api_version: str
+) -> None:
+    install_tokens(PORTAL, expires_in=timedelta(minutes=1))  # inside the refresh margin
+
+    records, _ = make_api(token=None).batch_read(PORTAL, "contacts", [101], ["email"])
+
+    assert [r.id for r in records] == [101]
+    family = "v1" if api_version == "v3" else api_version
+    assert fake.count(f"/oauth/{family}/token", method="POST", status=200) == 1
+    assert fake.refresh_count == 1
 
 
 # --- retries and errors ----------------------------------------------------------------------

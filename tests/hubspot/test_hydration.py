@@ -27,6 +27,9 @@ from tests.support import InstallTokens, MakeApi, Sleeps, Store, store_events
 
 BATCH_READ = "/crm/v3/objects/contacts/batch/read"
 
+# Each test runs on the date-based paths and on v3 (the fake matches prefixes in either form).
+pytestmark = pytest.mark.both_api_versions
+
 
 @pytest.fixture
 def hydrator(engine: sa.Engine, api: HubSpotApi) -> Hydrator:

@@ -38,7 +38,8 @@ def private_app_token_only(fake: FakeHubSpot) -> None:
     fake.add_token(TOKEN, PORTAL)
 
 
-pytestmark = pytest.mark.fake_hubspot(seed=private_app_token_only)
+# Each test runs on the date-based paths and on v3 (the fake matches prefixes in either form).
+pytestmark = [pytest.mark.fake_hubspot(seed=private_app_token_only), pytest.mark.both_api_versions]
 
 
 @pytest.fixture
