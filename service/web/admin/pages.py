@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import jinja2
@@ -136,6 +136,18 @@ async def overview(request: Request, session: auth.Session) -> Response:
     )
 
 
+T = TypeVar("T")
+
+
+def _one_page(rows: list[T], cursor: Callable[[T], str]) -> tuple[list[T], str | None]:
+    """A page of `rows` (read PAGE_SIZE + 1 to know whether more follow), and the cursor of its
+    last row when they do: what `_next_link` continues from."""
+    if len(rows) <= PAGE_SIZE:
+        return rows, None
+    page = rows[:PAGE_SIZE]
+    return page, cursor(page[-1])
+
+
 def _next_link(request: Request, name: str, value: str | None) -> str | None:
     if value is None:
         return None
@@ -154,14 +166,13 @@ async def events(request: Request, session: auth.Session) -> Response:
     rows = await read(
         request, lambda c: inbox.list_events(c, filters, limit=PAGE_SIZE + 1, before_id=cursor)
     )
-    more = len(rows) > PAGE_SIZE
-    rows = rows[:PAGE_SIZE]
+    rows, last = _one_page(rows, lambda row: str(row.id))
     context = {
         "rows": rows,
         "query": dict(query),
         "statuses": INBOX_STATUSES,
         "filtered": filters != inbox.Filters(),
-        "next": _next_link(request, "before", str(rows[-1].id) if more else None),
+        "next": _next_link(request, "before", last),
     }
     return render(request, "events.html", {"session": session, **context})
 
@@ -191,13 +202,12 @@ async def actions(request: Request, session: auth.Session) -> Response:
     rows = await read(
         request, lambda c: outbox.list_runs(c, filters, limit=PAGE_SIZE + 1, before_id=cursor)
     )
-    more = len(rows) > PAGE_SIZE
-    rows = rows[:PAGE_SIZE]
+    rows, last = _one_page(rows, lambda row: str(row.id))
     context = {
         "rows": rows,
         "query": dict(query),
         "statuses": outbox.RUN_STATUSES,
-        "next": _next_link(request, "before", str(rows[-1].id) if more else None),
+        "next": _next_link(request, "before", last),
     }
     return render(request, "actions.html", {"session": session, **context})
 
@@ -227,13 +237,12 @@ async def hydration(request: Request, session: auth.Session) -> Response:
     rows = await read(
         request, lambda c: fetches.page_requests(c, filters, after=after, limit=PAGE_SIZE + 1)
     )
-    more = len(rows) > PAGE_SIZE
-    rows = rows[:PAGE_SIZE]
+    rows, last = _one_page(rows, fetch_key)
     context = {
         "rows": rows,
         "query": dict(query),
         "statuses": fetches.STATUSES,
-        "next": _next_link(request, "after", fetch_key(rows[-1]) if more else None),
+        "next": _next_link(request, "after", last),
     }
     return render(request, "hydration.html", {"session": session, **context})
 
