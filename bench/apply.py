@@ -22,7 +22,12 @@ After every run the inbox and the mirror are checked against a last-writer-wins 
 applied events in Python, so a broken run is reported as an error, never as a figure. It prints
 events/s, time to drain and the ratios against the goals (printed, never asserted).
 
-    .venv/bin/python bench/apply.py [--events 200000] [--contacts 20000] [--json out.json]
+With `--dedupe` every worker runs as HUBSPOT_EVENT_SOURCE=both runs it (`dedupe_changes`): each
+applied event also claims its change in applied_changes (service/changes.py), and the run checks
+that every event claimed one. Run once with and once without to read the overhead.
+
+    .venv/bin/python bench/apply.py [--events 200000] [--contacts 20000] [--dedupe]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -296,9 +301,14 @@ def expected_state(events: Sequence[dict[str, Any]]) -> Expected:
     return expected
 
 
-def verify(url: str, backlog: Backlog, *, applied: int, complete: bool, label: str) -> None:
-    """Check the inbox and the mirror after a run; raise BenchError on any difference."""
+def verify(
+    url: str, backlog: Backlog, *, applied: int, complete: bool, label: str, claims: int | None
+) -> None:
+    """Check the inbox and the mirror (and, `claims` given, the applied changes) after a run;
+    raise BenchError on any difference."""
     with scratch.connect(url) as connection:
+        row = connection.execute("SELECT count(*) FROM applied_changes").fetchone()
+        claimed = int(row[0]) if row else 0
         statuses = dict(
             connection.execute("SELECT status, count(*) FROM inbox_events GROUP BY status")
         )
@@ -349,6 +359,8 @@ def verify(url: str, backlog: Backlog, *, applied: int, complete: bool, label: s
         problems.append(
             f"hydration requests: {len(hydrations)}, expected {len(expected.hydrations)}"
         )
+    if claims is not None and claimed != claims:
+        problems.append(f"applied changes: {claimed}, expected {claims}")
     if problems:
         raise BenchError(f"{label}: the mirror is wrong: " + "; ".join(problems))
 
@@ -492,11 +504,11 @@ def _frozen_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
-def drain_in_process(url: str, batch_size: int) -> Measured:
+def drain_in_process(url: str, batch_size: int, dedupe: bool) -> Measured:
     """One Worker.drain() in this process."""
     engine, pid = _warm_engine(url)
     try:
-        worker = Worker(engine, batch_size=batch_size)
+        worker = Worker(engine, batch_size=batch_size, dedupe_changes=dedupe)
         with _frozen_heap():
             meter = CpuMeter(pid)
             started = time.perf_counter()
@@ -511,11 +523,13 @@ def drain_in_process(url: str, batch_size: int) -> Measured:
 Report = tuple[str, int, float, float, float | None]
 
 
-def _worker_process(url: str, batch_size: int, start: ProcessEvent, reports: Queue[Report]) -> None:
+def _worker_process(
+    url: str, batch_size: int, dedupe: bool, start: ProcessEvent, reports: Queue[Report]
+) -> None:
     """A worker process: connect, report ready, wait for the start, drain, report."""
     engine, pid = _warm_engine(url)
     try:
-        worker = Worker(engine, batch_size=batch_size)
+        worker = Worker(engine, batch_size=batch_size, dedupe_changes=dedupe)
         gc.collect()
         reports.put(("ready", 0, 0.0, 0.0, None))
         start.wait()
@@ -529,14 +543,16 @@ def _worker_process(url: str, batch_size: int, start: ProcessEvent, reports: Que
         engine.dispose()
 
 
-def drain_in_processes(url: str, batch_size: int, processes: int) -> Measured:
+def drain_in_processes(url: str, batch_size: int, processes: int, dedupe: bool) -> Measured:
     """`processes` worker processes released together; timed until the last one is done."""
     context = multiprocessing.get_context("spawn")
     start = context.Event()
     reports: Queue[Report] = context.Queue()
     children = [
         context.Process(
-            target=_worker_process, args=(url, batch_size, start, reports), name=f"worker-{n}"
+            target=_worker_process,
+            args=(url, batch_size, dedupe, start, reports),
+            name=f"worker-{n}",
         )
         for n in range(processes)
     ]
@@ -670,6 +686,7 @@ class Options:
     naive_events: int
     naive_seconds: float
     repeat: int
+    dedupe: bool = False
 
 
 def run_backlog(url: str, backlog: Backlog, options: Options) -> list[Result]:
@@ -694,6 +711,8 @@ def run_backlog(url: str, backlog: Backlog, options: Options) -> list[Result]:
                 applied=measured.events,
                 complete=not naive,
                 label=f"{backlog.name} / {run}",
+                # The naive loop is the mirror alone; the workers claim every (distinct) change.
+                claims=measured.events if options.dedupe and not naive else None,
             )
             tries.append((measured, loaded))
         # The median try by rate: noise on a shared machine goes both ways.
@@ -717,13 +736,18 @@ def run_backlog(url: str, backlog: Backlog, options: Options) -> list[Result]:
         )
 
     for size in options.batch_sizes:
-        measure(f"1 worker, batch {size}", 1, size, lambda s=size: drain_in_process(url, s))
+        measure(
+            f"1 worker, batch {size}",
+            1,
+            size,
+            lambda s=size: drain_in_process(url, s, options.dedupe),
+        )
     headline = options.batch_sizes[0]
     measure(
         f"{options.processes} workers, batch {headline}",
         options.processes,
         headline,
-        lambda: drain_in_processes(url, headline, options.processes),
+        lambda: drain_in_processes(url, headline, options.processes, options.dedupe),
     )
     measure(
         "naive, 1 event per transaction",
@@ -891,6 +915,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--repeat", type=int, default=1, help="tries per run; the median is kept")
     parser.add_argument("--seed", type=int, default=20261125, help="backlog random seed")
+    parser.add_argument(
+        "--dedupe",
+        action="store_true",
+        help="workers claim each applied change, as with HUBSPOT_EVENT_SOURCE=both",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     args.backlogs = tuple(dict.fromkeys(b.strip() for b in args.backlogs.split(",") if b.strip()))
@@ -912,6 +941,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         naive_events=args.naive_events,
         naive_seconds=args.naive_seconds,
         repeat=args.repeat,
+        dedupe=args.dedupe,
     )
     configured = (
         args.database_url or os.environ.get("BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL")
@@ -930,6 +960,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             url = stack.enter_context(scratch.scratch_database(server_url, SCRATCH_DATABASE))
             facts = server_facts(url)
             _print_header(started, source, facts, backlogs, code)
+            print(f"dedupe_changes: {'on (--dedupe)' if args.dedupe else 'off'}")
             for backlog in backlogs:
                 results += run_backlog(url, backlog, options)
     except BenchError as exc:

@@ -14,7 +14,8 @@ from service.devtools import receiver, send
 from service.hubspot.reconcile import OBJECT_TYPES
 from service.logs import configure_logging
 from service.models import INBOX_STATUSES
-from service.ops import arguments, commands, doctor, portals, purge, startup, tokenkeys
+from service.ops import arguments, commands, doctor, journal, portals, purge, startup, tokenkeys
+from service.ops import subscriptions as subs
 from service.rules.language import RuleError
 from service.settings import WEBHOOK_PATH, Settings, SettingsError
 from service.web import server
@@ -149,6 +150,8 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_arguments(purging)
     purging.set_defaults(run=purge.main)
     portals.add_arguments(sub.add_parser("portals", help="pause, resume or list portals"))
+    subs.add_arguments(sub.add_parser("subscriptions", help="journal subscriptions as code"))
+    journal.add_arguments(sub.add_parser("journal", help="the Webhooks Journal: status, replay"))
     keys = sub.add_parser("rotate-token-key", help="re-encrypt OAuth tokens with the first key")
     tokenkeys.add_arguments(keys)
     keys.set_defaults(run=lambda a, s: tokenkeys.rotate(s))
@@ -240,7 +243,8 @@ def _operator_commands(sub: Any) -> None:
     rules = sub.add_parser("rules", help="rules: `rules check [FILE]` validates offline")
     rules.add_argument("verb", choices=["check"], help="what to do")
     rules.add_argument("file", nargs="?", type=Path, help="rules file (default $RULES_FILE)")
-    rules.set_defaults(run=lambda a, s: commands.check_rules(a.file or s.rules_file))
+    rules.add_argument("--subscriptions", type=Path, help="warn on events none subscribe to")
+    rules.set_defaults(run=commands.rules_check)
 
     runs = sub.add_parser(
         "actions", help="list action runs, `actions show ID`, or `actions replay ...`"

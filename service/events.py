@@ -7,6 +7,7 @@ See HUBSPOT.md §2.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -223,6 +224,33 @@ def normalise(inbox_id: int, raw: Mapping[str, Any]) -> Event:
         ),
         raw=raw,
     )
+
+
+def change_key(event: Event) -> int:
+    """A 63-bit hash naming the CRM change an event reports, the same for every copy of it.
+
+    HUBSPOT_EVENT_SOURCE=both delivers each change twice, as a webhook and as a journal event,
+    under different eventIds; the apply stage fires rules and handlers for the first copy it
+    applies only (service/changes.py). Two events are the same change when they agree on: the
+    portal; the object type, canonical (classic `contact` and objectTypeId `0-1` are both
+    `contacts`); the object id; the kind; the property name (property changes); the other side,
+    the association type and added or removed (association changes); the merged ids, as a set
+    (merges); and occurredAt, in ms. Not on the value, eventId, subscriptionId, attemptNumber or
+    changeSource. This assumes HubSpot stamps one change with one occurredAt however it is
+    delivered. The apply stage never takes an event of kind `other` for a copy.
+    """
+    parts: list[object] = [event.portal_id, event.object_type, event.object_id or 0, event.kind]
+    if event.kind is Kind.PROPERTY_CHANGE:
+        parts.append(event.property_name or "")
+    association = event.association
+    if association is not None:
+        parts += [association.to_type, association.to_id, association.association_type]
+        parts.append(association.removed)
+    if event.kind is Kind.MERGE:
+        parts += sorted(set(event.merged_ids))
+    parts.append(event.occurred_at)
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 def _generic_type_id(raw: Mapping[str, Any], kind: Kind) -> str:

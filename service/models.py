@@ -23,14 +23,11 @@ def _now_column(name: str) -> sa.Column[object]:
 
 INBOX_STATUSES = ("pending", "done", "failed", "dead", "ignored")
 
-# One row per distinct HubSpot event. The primary key is the dedupe key: eventId scoped by the
-# event's identity, never attemptNumber (HUBSPOT.md §2: eventId is not guaranteed unique).
-# Missing subscriptionId / objectId are stored as 0 so the key stays NOT NULL.
-# Partitioned by range of occurred_at, a column of that key, so a retry always meets its first
-# delivery in the same partition; service/partitions.py keeps the ranges (a day each, a DEFAULT
-# partition for the rest) and drops expired ones. `id` comes from a sequence (no identity column
-# on a partitioned table before PostgreSQL 17) and is indexed, not unique, in every partition (a
-# unique index must include the partition key); the sequence alone hands out each id once.
+# One row per distinct HubSpot event; the primary key is the dedupe key: eventId scoped by the
+# event's identity, never attemptNumber (HUBSPOT.md §2); missing ids are stored as 0. Partitioned
+# by day of occurred_at (a key column: a retry meets its first delivery in the same partition;
+# service/partitions.py). `id` comes from a sequence (no identity on partitioned tables before
+# PG 17), indexed, not unique (a unique index must include the partition key).
 inbox_events = sa.Table(
     "inbox_events",
     metadata,
@@ -266,8 +263,7 @@ action_runs = sa.Table(
         nullable=False,
         comment="the firing event's occurredAt, epoch ms (the partition key)",
     ),
-    # Unique by its sequence; a plain index (a unique one would have to include the partition
-    # key and portal_id). A sequence, not an identity: none on partitioned tables before PG 17.
+    # Unique by its sequence, indexed (not unique: that would need the partition key).
     sa.Column(
         "id",
         sa.BigInteger,
@@ -339,8 +335,7 @@ worker_heartbeats = sa.Table(
 
 ALERT_STATUSES = ("ok", "firing")
 
-# One row per alert condition (service/alerts.py): whether it is firing, since when, when its
-# last message went out and how many have, so several workers send each transition once.
+# One row per alert condition (service/alerts.py), so several workers send each transition once.
 alert_states = sa.Table(
     "alert_states",
     metadata,
@@ -364,9 +359,8 @@ alert_states = sa.Table(
     sa.CheckConstraint("status IN ('ok', 'firing')", name="status"),
 )
 
-# The fair claim (service/inbox.py): each portal's due rows in claim order, so a claim finds the
-# portals with due work by a loose index scan and takes a share of each, whatever one portal's
-# backlog holds. Built per partition without blocking ingest (migration 0011).
+# The fair claim (service/inbox): each portal's due rows in claim order, found by a loose index
+# scan; built per partition without blocking ingest (migration 0011).
 sa.Index(
     "ix_inbox_events_due_by_portal",
     inbox_events.c.portal_id,
@@ -385,4 +379,72 @@ portal_controls = sa.Table(
     sa.Column("reason", sa.Text, comment="why, as the operator who paused it said"),
     _now_column("updated_at"),
     sa.PrimaryKeyConstraint("portal_id"),
+)
+
+# The Webhooks Journal (service/journal.py), app-wide: each journal's cursor (moved by
+# compare-and-set), every entry read with its file (gzip, for `journal replay`), each gap.
+journal_cursors = sa.Table(
+    "journal_cursors",
+    metadata,
+    sa.Column("journal", sa.Text, nullable=False, comment="global, or local:<portal id>"),
+    sa.Column("current_offset", sa.Text),
+    sa.Column("entry_at", sa.DateTime(timezone=True)),
+    sa.Column("last_event_ms", sa.BigInteger, comment="the latest occurredAt stored"),
+    sa.Column("latest_offset", sa.Text),
+    sa.Column("behind", sa.Integer, comment="entries after the cursor at the last check"),
+    sa.Column("checked_at", sa.DateTime(timezone=True)),
+    sa.Column("errors", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("last_error_at", sa.DateTime(timezone=True)),
+    _now_column("updated_at"),
+    sa.PrimaryKeyConstraint("journal"),
+)
+journal_entries = sa.Table(
+    "journal_entries",
+    metadata,
+    sa.Column("journal", sa.Text, nullable=False),
+    sa.Column("entry_offset", sa.Text, nullable=False),
+    _now_column("fetched_at"),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("file", sa.LargeBinary, comment="gzip"),
+    sa.Column("file_bytes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("events", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("stored", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("replayed_at", sa.DateTime(timezone=True)),
+    sa.Column("contacts", sa.ARRAY(sa.Text), nullable=False, server_default="{}"),
+    sa.PrimaryKeyConstraint("journal", "entry_offset"),
+    sa.CheckConstraint("status IN ('stored', 'failed')", name="status"),
+    sa.Index("ix_journal_entries_fetched_at", "fetched_at"),
+    sa.Index("ix_journal_entries_contacts", "contacts", postgresql_using="gin"),
+)
+journal_gaps = sa.Table(
+    "journal_gaps",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+    sa.Column("journal", sa.Text, nullable=False),
+    _now_column("detected_at"),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("since_ms", sa.BigInteger),
+    sa.Column("until_ms", sa.BigInteger),
+    sa.Column("from_offset", sa.Text),
+    sa.Column("to_offset", sa.Text),
+    sa.Column("reconciled_at", sa.DateTime(timezone=True)),
+    sa.Column("reconcile_error", sa.Text),
+    sa.CheckConstraint("reason IN ('offset_expired', 'file_expired')", name="reason"),
+)
+
+# Which inbox row owns each CRM change (service/changes.py): rules and handlers run for the owner
+# only. Keyed by events.change_key and occurredAt; partitioned by day like inbox_events.
+applied_changes = sa.Table(
+    "applied_changes",
+    metadata,
+    sa.Column("portal_id", sa.BigInteger, nullable=False),
+    sa.Column("change_key", sa.BigInteger, nullable=False, comment="events.change_key, 63 bits"),
+    sa.Column("occurred_at", sa.BigInteger, nullable=False, comment="HubSpot occurredAt, epoch ms"),
+    sa.Column("inbox_id", sa.BigInteger, nullable=False, comment="the inbox row that owns it"),
+    _now_column("claimed_at"),
+    sa.PrimaryKeyConstraint("portal_id", "change_key", "occurred_at"),
+    postgresql_partition_by="RANGE (occurred_at)",
 )

@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
+from service import journal
 from service.actions import RunContext
 from service.devtools import samples
 from service.devtools.samples import SampleSpec
@@ -245,3 +247,37 @@ def action_run(
         "object_id": 1,
         "payload": {"action": action, "message": "won"},
     }
+
+
+# --- the Webhooks Journal reader's rows ------------------------------------------------------
+
+UNPARSEABLE = "InvalidJournalFile: event 1 has no portalId"
+
+
+def journal_read(
+    connection: sa.Connection, name: str, statuses: list[str], *, start: int = 1
+) -> str:
+    """A journal reader's rows as it leaves them, through service.journal: one entry per status
+    (`stored` with 2 events, or `failed` with UNPARSEABLE), offsets `<name>-<n>` from `start`,
+    the cursor moved past each in turn; returns the last offset."""
+    previous = journal.cursor(connection, name)
+    expected = None if previous is None else previous.current_offset
+    for n, status in enumerate(statuses, start=start):
+        offset, failed = f"{name}-{n}", status == "failed"
+        journal.record_entry(
+            connection,
+            name,
+            offset,
+            expires_at=None,
+            file=b"kept",
+            file_bytes=4,
+            events=2,
+            stored=0 if failed else 2,
+            status="failed" if failed else "stored",
+            error=UNPARSEABLE if failed else None,
+            contacts=[],
+        )
+        assert journal.advance(connection, name, expected=expected, offset=offset, last_event_ms=n)
+        expected = offset
+    assert expected is not None
+    return expected

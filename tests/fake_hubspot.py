@@ -21,6 +21,8 @@ Both path families are served by the same handlers: the date-based paths of HUBS
 (`/crm/objects/2026-03/...`, `/crm/pipelines/2026-03/...`, `/oauth/2026-03/token`) are routed as
 their `/crm/v3/...` and `/oauth/v1/...` twins (`legacy_path`); a call is recorded with the path
 it came on, and path prefixes in switches and `count` match either form.
+The Webhooks Journal (its endpoints and the file URLs of its entries) is `fake.journal`, a
+`FakeJournal` (tests/fake_journal.py), checking the client-credentials tokens issued here.
 
 The server runs in its own thread; every method here is safe to call from the test's thread.
 """
@@ -58,6 +60,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from tests.fake_journal import FakeJournal
+from tests.fake_subscriptions import FakeSubscriptions
 
 PAYLOADS = Path(__file__).parent / "payloads"
 SEED_FILE = PAYLOADS / "hubspot_seed.json"
@@ -400,6 +405,10 @@ class FakeHubSpot:
         self._tokens: dict[str, _AccessToken] = {}
         self._codes: dict[str, _Grant] = {}
         self._refresh_tokens: dict[str, _Grant] = {}
+        # Client-credentials tokens: token -> (expires at, scopes).
+        self._app_tokens: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self.app_token_ttl = 1800
+        self.app_tokens_issued = 0
         self._refreshes = 0
         self._refreshing = 0
         self._max_refreshing = 0
@@ -415,6 +424,8 @@ class FakeHubSpot:
         }
 
         self._transports: dict[tuple[str, int], asyncio.Transport] = {}
+        self.journal = FakeJournal(self)  # the Webhooks Journal (tests/fake_journal.py)
+        self.subscriptions = FakeSubscriptions(app_id, self.app_token_scopes)  # their API
         self._app = self._build_app()
         self._socket: socket.socket | None = None
         self._server: _Server | None = None
@@ -977,6 +988,8 @@ class FakeHubSpot:
                 Route(objects + "/{object_id}", self._get, methods=["GET"]),
                 Route(objects + "/{object_id}", self._update, methods=["PATCH"]),
                 Route(objects + "/{object_id}", self._delete, methods=["DELETE"]),
+                *self.journal.routes(),
+                *self.subscriptions.routes(),
             ]
         )
 
@@ -1430,7 +1443,7 @@ class FakeHubSpot:
     async def _token(self, request: Request) -> Response:
         form = {k: v[-1] for k, v in parse_qs((await request.body()).decode()).items()}
         grant_type = form.get("grant_type")
-        if grant_type not in ("authorization_code", "refresh_token"):
+        if grant_type not in ("authorization_code", "refresh_token", "client_credentials"):
             return _oauth_error("BAD_GRANT_TYPE", "missing or unknown grant type")
         if form.get("client_id") != self.client_id:
             return _oauth_error("BAD_CLIENT_ID", "missing or unknown client id")
@@ -1438,6 +1451,8 @@ class FakeHubSpot:
             return _oauth_error("BAD_CLIENT_SECRET", "missing or invalid client secret")
         if grant_type == "authorization_code":
             return self._grant_code(form)
+        if grant_type == "client_credentials":
+            return self._grant_client_credentials(form)
         with self._lock:
             self._refreshes += 1
             self._refreshing += 1
@@ -1461,6 +1476,34 @@ class FakeHubSpot:
                 )
         access_token, refresh_token = self.issue_tokens(code.portal_id, code.scopes)
         return self._token_response(access_token, refresh_token)
+
+    def _grant_client_credentials(self, form: Mapping[str, str]) -> Response:
+        """The app's own token (Webhooks Journal and its subscriptions): no refresh token."""
+        token = "A" + secrets.token_urlsafe(48)
+        with self._lock:
+            self.app_tokens_issued += 1
+            self._app_tokens[token] = (
+                time.time() + self.app_token_ttl,
+                tuple((form.get("scope") or "").split()),
+            )
+        body = {"token_type": "bearer", "access_token": token, "expires_in": self.app_token_ttl}
+        return JSONResponse(body)
+
+    def app_token_scopes(self, request: Request) -> tuple[str, ...] | None:
+        """The scopes of the live client-credentials token `request` carries (None: no such
+        token, or it expired)."""
+        header = request.headers.get("authorization", "")
+        token = header[7:] if header.lower().startswith("bearer ") else ""
+        with self._lock:
+            found = self._app_tokens.get(token)
+        if found is None or found[0] <= time.time():
+            return None
+        return found[1]
+
+    def expire_app_tokens(self) -> None:
+        """Every client-credentials token issued so far stops working (401)."""
+        with self._lock:
+            self._app_tokens.clear()
 
     def _grant_refresh(self, form: Mapping[str, str]) -> Response:
         refresh_token = form.get("refresh_token", "")

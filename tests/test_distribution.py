@@ -23,6 +23,9 @@ REFERENCE_OR_LOCAL = {
     "worker_heartbeats": "one row per worker process of the deployment, not per portal",
     "alert_states": "one row per alert condition of the deployment, not per portal",
     "oauth_states": "an install in progress: its portal is unknown until HubSpot's callback",
+    "journal_cursors": "one row per Webhooks Journal read; the global journal spans every portal",
+    "journal_entries": "one row per journal entry: a file holds events of many portals",
+    "journal_gaps": "a journal's missed window: the global journal spans every portal",
 }
 
 

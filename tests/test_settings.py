@@ -100,6 +100,11 @@ def test_values_are_parsed() -> None:
         ("ALERT_WEBHOOK_SECRET", "not-a-whsec"),
         ("ALERT_WEBHOOK_SECRET", "whsec_!!!"),
         ("ALERT_LAG", "soon"),
+        ("HUBSPOT_EVENT_SOURCE", "pull"),
+        ("HUBSPOT_JOURNAL_PORTAL_ID", "portal-1"),
+        ("JOURNAL_START", "yesterday"),
+        ("JOURNAL_POLL_INTERVAL", "often"),
+        ("SUBSCRIPTIONS_FILE", "/no/such/subscriptions.toml"),
     ],
 )
 def test_malformed_variable_is_named_in_one_line(name: str, value: str) -> None:
@@ -109,6 +114,39 @@ def test_malformed_variable_is_named_in_one_line(name: str, value: str) -> None:
     message = str(raised.value)
     assert message.startswith(f"{name} is invalid: ")
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("source", ["journal", "both"])
+@pytest.mark.parametrize("missing", ["HUBSPOT_CLIENT_ID", "HUBSPOT_CLIENT_SECRET"])
+def test_journal_source_needs_the_apps_client_credentials(source: str, missing: str) -> None:
+    env = {"HUBSPOT_CLIENT_ID": "app-id", "HUBSPOT_CLIENT_SECRET": "app-secret"}
+    del env[missing]
+
+    with pytest.raises(
+        SettingsError, match=rf"^{missing} is not set: HUBSPOT_EVENT_SOURCE={source}"
+    ):
+        Settings.from_env({"HUBSPOT_EVENT_SOURCE": source, **env})
+
+
+def test_journal_settings_are_read() -> None:
+    settings = Settings.from_env(
+        {
+            "HUBSPOT_EVENT_SOURCE": "both",
+            "HUBSPOT_CLIENT_ID": "app-id",
+            "HUBSPOT_CLIENT_SECRET": "app-secret",
+            "HUBSPOT_JOURNAL_PORTAL_ID": "62515",
+            "JOURNAL_START": "latest",
+            "JOURNAL_POLL_INTERVAL": "2",
+            "HUBSPOT_DEVELOPER_API_KEY": "dev-key-value",
+        }
+    )
+
+    assert (settings.event_source, settings.journal_portal_id) == ("both", 62515)
+    assert (settings.journal_start, settings.journal_poll_seconds) == ("latest", 2.0)
+    assert "dev-key-value" not in repr(settings)
+    defaults = Settings.from_env({})
+    assert (defaults.event_source, defaults.journal_portal_id) == ("push", None)
+    assert (defaults.journal_start, defaults.journal_poll_seconds) == ("earliest", 5.0)
 
 
 def test_missing_client_secret_is_named_when_required() -> None:

@@ -39,6 +39,7 @@ TITLES = {
     "reinstall": "A portal needs the app installed again",
     "rate_limited": "HubSpot keeps answering 429 Too Many Requests",
     "reconcile": "The scheduled reconcile failed",
+    "journal": "The Webhooks Journal reader needs attention",
 }
 EMOJI = {"firing": ":rotating_light:", "reminder": ":warning:", "resolved": ":white_check_mark:"}
 
@@ -72,6 +73,12 @@ def detail(message: Message) -> str:
     if key == "reconcile":
         report = v.get("report") or {}
         return f"last run: {report.get('outcome', 'unknown')} {report.get('error', '')}".strip()
+    if key == "journal":
+        error = f"; reader failing: {v['last_error']}" if v.get("last_error") else ""
+        return (
+            f"journal gaps not reconciled {v.get('gaps_open', 0)}, failed entries"
+            f" {v.get('failed_entries', 0)} (`hubspot-webhooks journal replay --failed`){error}"
+        )
     return ""
 
 

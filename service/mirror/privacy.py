@@ -1,8 +1,9 @@
 """Privacy deletion: erase a contact everywhere and keep a tombstone.
 
 `contact.privacyDeletion` empties the contact's mirrored properties, asks every table's owner to
-scrub it (stored events, pending action payloads, pending fetches), and leaves a tombstone
-(`erased`) so late events can never write personal data back, in whatever order they come.
+scrub it (stored events, kept journal files, pending action payloads, pending fetches), and
+leaves a tombstone (`erased`) so late events can never write personal data back, in whatever
+order they come.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from service import db, fetches, inbox, outbox
+from service import db, fetches, inbox, journal, journal_format, outbox
 from service.events import Event
 from service.mirror.registers import erase
 
@@ -30,6 +31,7 @@ def erase_contacts(connection: sa.Connection, events: Sequence[Event]) -> None:
     # Each table's owner scrubs its own rows.
     fetches.forget_contacts(connection, latest)
     inbox.scrub_contacts(connection, latest)
+    journal.scrub_contacts(connection, latest, _scrub_file)
     outbox.scrub_contacts(connection, latest)
 
 
@@ -50,5 +52,15 @@ def scrub_erased_events(connection: sa.Connection, events: Sequence[Event]) -> N
     if not keys:
         return
     rows = db.json_rows({"portal_id": p, "object_id": o} for p, o in sorted(keys))
-    erased = connection.execute(_ERASED_AMONG, {"rows": rows}).all()
-    inbox.scrub_contacts(connection, [(r.portal_id, r.object_id) for r in erased])
+    erased = [(r.portal_id, r.object_id) for r in connection.execute(_ERASED_AMONG, {"rows": rows})]
+    inbox.scrub_contacts(connection, erased)
+    journal.scrub_contacts(connection, erased, _scrub_file)  # a journal file read since
+
+
+def _scrub_file(data: bytes, contacts: list[tuple[int, int]]) -> bytes | None:
+    """A kept journal file with those contacts' values redacted; None (the file goes) when it
+    cannot be read, so cannot be scrubbed."""
+    try:
+        return journal_format.scrub_file(data, contacts)
+    except journal_format.InvalidJournalFile:
+        return None

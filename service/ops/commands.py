@@ -7,9 +7,10 @@ changes, prints, and returns the exit code. Payloads stay out of listings (perso
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from service import db, fetches, inbox, outbox
 from service.hubspot import client
 from service.hubspot.reconcile import OBJECT_TYPES, Progress, known_portals, reconcile
+from service.ops import subscription_checks
 from service.rules.language import load_rules_file
 from service.settings import Settings, SettingsError
 
@@ -181,12 +183,26 @@ def hydration(settings: Settings, filters: fetches.Filters, *, limit: int, retry
     return 0
 
 
-def check_rules(path: Path | None) -> int:
-    """`rules check [FILE]`: validate a rules file offline (RuleError lists every problem)."""
+def rules_check(args: argparse.Namespace, settings: Settings) -> int:
+    """`rules check [FILE] [--subscriptions FILE]` with RULES_FILE and SUBSCRIPTIONS_FILE."""
+    subscriptions = args.subscriptions or settings.subscriptions_file
+    return check_rules(args.file or settings.rules_file, subscriptions, settings.mirror_properties)
+
+
+def check_rules(
+    path: Path | None,
+    subscriptions: Path | None = None,
+    mirror_properties: Mapping[str, tuple[str, ...]] | None = None,
+) -> int:
+    """`rules check [FILE]`: validate a rules file offline (RuleError lists every problem);
+    with a subscriptions file, warn about events the rules or the mirror need and nothing
+    subscribes to (subscription_checks.py)."""
     if path is None:
         _err("hubspot-webhooks rules check: give a FILE or set RULES_FILE")
         return 2
     rules, warnings = load_rules_file(path)
+    if subscriptions is not None:
+        warnings += subscription_checks.file_warnings(subscriptions, rules, mirror_properties)
     for warning in warnings:
         _err(warning)
     actions = sum(len(rule.actions) for rule in rules)

@@ -4,9 +4,10 @@ The checks, in order: configuration (Settings loads), database reachable, schema
 migration head, client secret shaped like one, WEBHOOK_PUBLIC_URL, for a public app (or stored
 OAuth tokens) the TOKEN_ENCRYPTION_KEY that seals them, the HubSpot token (one cheap call:
 HubSpot's token info) and its read scopes for the object types in the inbox, the rules
-file, deal pipelines (when a rule names deal stages), a live worker; with `--self-test`, a signed
-test event POSTed to WEBHOOK_PUBLIC_URL that must reach this database (selftest.py). Secrets
-and tokens are never printed: only whether they are set and what they look like.
+file, deal pipelines (when a rule names deal stages), a live worker, the Webhooks Journal (app
+token, `latest`, the reader's state: journal_checks.py) when it is a source; with `--self-test`,
+a signed test event POSTed to WEBHOOK_PUBLIC_URL that must reach this database (selftest.py).
+Secrets and tokens are never printed: only whether they are set and what they look like.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from service.hubspot.client import HubSpotError, HubSpotUnavailable
 from service.hubspot.oauth import TokenKeyError, key_use
 from service.hubspot.sealing import TokenCipher
 from service.hubspot.tokeninfo import TokenInfo, token_info
+from service.ops import journal_checks, subscription_checks
 from service.ops.checks import Check, Status
 from service.ops.selftest import SELF_TEST_SECONDS, check_self_test
 from service.rules.language import Rule, RuleError, load_rules_file
@@ -104,8 +106,10 @@ def _checks(
         token,
         check_scopes(settings, engine, infos) if usable else _skipped("hubspot scopes"),
         rules_check,
+        *subscription_checks.check(settings, rules),
         check_pipelines(settings, engine, rules, infos) if usable else _skipped("deal pipelines"),
         check_worker(engine) if usable else _skipped("worker"),
+        *journal_checks.checks(settings, engine if usable else None),
     ]
     if self_test:
         test = check_self_test(settings, engine, wait_seconds) if usable else None

@@ -73,6 +73,8 @@ DEFAULT_MIRROR_PROPERTIES: Mapping[str, tuple[str, ...]] = {
         "hs_lastmodifieddate",
     ),
 }
+EVENT_SOURCES = ("push", "journal", "both")
+JOURNAL_STARTS = ("earliest", "latest")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_SCOPES = (
     "crm.objects.contacts.read",
@@ -146,6 +148,14 @@ class Settings:
     # were dropped would fire again), and the per-minute HubSpot API call counts.
     action_retention_seconds: float = 30 * 86400.0
     api_log_retention_seconds: float = 86400.0
+    # Where events come from (HUBSPOT.md §5): push (webhook POSTs), journal (the worker polls
+    # HubSpot's Webhooks Journal with a client-credentials token) or both.
+    event_source: str = "push"
+    journal_portal_id: int | None = None  # set: the local journal of that portal; unset: global
+    journal_start: str = "earliest"  # where a first run starts reading: earliest or latest
+    journal_poll_seconds: float = 5.0
+    developer_api_key: str | None = field(default=None, repr=False)  # legacy v3 subscriptions
+    subscriptions_file: Path | None = None  # SUBSCRIPTIONS_FILE: subscriptions as code (TOML)
     # The environment as read, for `env:NAME` references in the rules file (secrets stay there).
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -211,6 +221,12 @@ class Settings:
             inbox_retention_seconds=r.get("INBOX_RETENTION", values.retention) or 7 * 86400.0,
             action_retention_seconds=_action_retention(r),
             api_log_retention_seconds=r.get("API_LOG_RETENTION", values.log_retention) or 86400.0,
+            event_source=_event_source(r, env),
+            journal_portal_id=_int(r.get("HUBSPOT_JOURNAL_PORTAL_ID", values.digits)),
+            journal_start=r.get("JOURNAL_START", values.choice(JOURNAL_STARTS)) or "earliest",
+            journal_poll_seconds=r.get("JOURNAL_POLL_INTERVAL", values.seconds) or 5.0,
+            developer_api_key=r.get("HUBSPOT_DEVELOPER_API_KEY", str),
+            subscriptions_file=r.get("SUBSCRIPTIONS_FILE", values.existing_file),
             environ=dict(env),
         )
 
@@ -270,6 +286,24 @@ def _action_retention(r: _Reader) -> float:
             " replay of a stored event whose action runs were dropped would fire its rules again"
         )
     return actions
+
+
+def _event_source(r: _Reader, env: Mapping[str, str]) -> str:
+    """HUBSPOT_EVENT_SOURCE: push (default), journal or both; the journal needs the app's
+    client id and secret (its client-credentials token)."""
+    source = r.get("HUBSPOT_EVENT_SOURCE", values.choice(EVENT_SOURCES)) or "push"
+    if source != "push":
+        for name in ("HUBSPOT_CLIENT_ID", "HUBSPOT_CLIENT_SECRET"):
+            if not (env.get(name) or "").strip():
+                raise SettingsError(
+                    f"{name} is not set: HUBSPOT_EVENT_SOURCE={source} reads the Webhooks"
+                    " Journal with the app's client-credentials token"
+                )
+    return source
+
+
+def _int(value: str | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def _alert_secret(r: _Reader, env: Mapping[str, str]) -> str | None:

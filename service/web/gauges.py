@@ -9,7 +9,12 @@ planner's statistics above `EXACT_COUNT_BELOW` rows; the apply lag reads the new
 rows from an index alone; the recent API calls read the last few minutes of the per-minute
 counts (hubspot_api_call_minutes, a day of rows) through its index on `minute`. The tables keyed
 by portal (rate limits, tokens, API call totals, paused portals) and the heartbeats hold a
-handful of rows and are read whole. If the database does not answer, only
+handful of rows and are read whole. The Webhooks Journal's gauges (HUBSPOT_EVENT_SOURCE
+journal or both) appear only once a reader has a cursor: its cursors and gaps are a handful of
+rows, read whole; its entries (one row per file, not per event; stored ones are deleted after
+INBOX_RETENTION) are counted by status like the queues: the failed ones exactly, the stored ones
+exactly while the table is small and from its size estimate above `EXACT_COUNT_BELOW` rows (with
+one journal; several journals' rows are counted). If the database does not answer, only
 `hubspot_webhooks_database_up 0` is reported and the scrape still succeeds.
 """
 
@@ -115,6 +120,21 @@ _RATE_LIMITS = sa.text(
 )
 _REINSTALL = sa.text("SELECT count(*) FROM hubspot_tokens WHERE needs_reinstall")
 _PAUSED = sa.text("SELECT count(*) FROM portal_controls WHERE paused_at IS NOT NULL")
+_JOURNAL_CURSORS = sa.text(
+    """
+    SELECT journal, behind, errors, extract(epoch FROM now() - entry_at) AS entry_age
+    FROM journal_cursors ORDER BY journal
+    """
+)
+_JOURNAL_FAILED = sa.text(
+    "SELECT journal, count(*) AS n FROM journal_entries WHERE status = 'failed' GROUP BY journal"
+)
+_JOURNAL_STORED = sa.text(
+    "SELECT journal, count(*) AS n FROM journal_entries WHERE status = 'stored' GROUP BY journal"
+)
+_JOURNAL_GAPS = sa.text(
+    "SELECT journal, count(*) AS n FROM journal_gaps WHERE reconciled_at IS NULL GROUP BY journal"
+)
 
 
 class DatabaseCollector(Collector):
@@ -161,6 +181,7 @@ class DatabaseCollector(Collector):
             reinstall = int(connection.execute(_REINSTALL).scalar_one())
             paused = int(connection.execute(_PAUSED).scalar_one())
             live = len(heartbeats.live_workers(connection, heartbeats.LIVE_SECONDS))
+            journal = _journal(connection)
         return [
             _labelled(
                 "inbox_events",
@@ -245,6 +266,7 @@ class DatabaseCollector(Collector):
                 f"Worker processes seen within {heartbeats.LIVE_SECONDS:.0f} s (0: no worker)",
                 live,
             ),
+            *journal,
         ]
 
 
@@ -259,6 +281,66 @@ def _by_status(connection: sa.Connection, table: str, statuses: tuple[str, ...])
     else:
         counts["done"] = int(connection.execute(sa.text(_DONE.format(table=table))).scalar_one())
     return counts
+
+
+def _journal(connection: sa.Connection) -> list[GaugeMetricFamily | CounterMetricFamily]:
+    """The Webhooks Journal reader's families; none before a reader has a cursor (push only)."""
+    cursors = list(connection.execute(_JOURNAL_CURSORS))
+    if not cursors:
+        return []
+    names = [r.journal for r in cursors]
+    failed = {r.journal: int(r.n) for r in connection.execute(_JOURNAL_FAILED)}
+    estimate = float(connection.execute(_ESTIMATE, {"table": "journal_entries"}).scalar_one())
+    if estimate >= EXACT_COUNT_BELOW and len(names) == 1:
+        stored = {names[0]: max(0, round(estimate) - sum(failed.values()))}
+    else:
+        stored = {r.journal: int(r.n) for r in connection.execute(_JOURNAL_STORED)}
+    gaps = {r.journal: int(r.n) for r in connection.execute(_JOURNAL_GAPS)}
+    errors = CounterMetricFamily(
+        PREFIX + "journal_errors",
+        "Failed rounds of the Webhooks Journal reader (HubSpot or the database refused it)",
+        labels=["journal"],
+    )
+    for row in cursors:
+        errors.add_metric([row.journal], row.errors)
+    return [
+        _labelled(
+            "journal_behind_entries",
+            "Journal entries the reader saw after its offset at its last round, at most a page"
+            " (100: 100 or more); 0 once it has read to the journal's end",
+            ["journal"],
+            {(r.journal,): r.behind for r in cursors if r.behind is not None},
+        ),
+        _labelled(
+            "journal_last_entry_age_seconds",
+            "Seconds since the reader last stored a journal entry's events",
+            ["journal"],
+            {
+                (r.journal,): max(0.0, float(r.entry_age))
+                for r in cursors
+                if r.entry_age is not None
+            },
+        ),
+        _labelled(
+            "journal_entries",
+            "Journal entries read, by status: stored, or failed (the file could not be parsed;"
+            " kept for `hubspot-webhooks journal replay --failed`); stored is estimated from"
+            " table statistics on large tables",
+            ["journal", "status"],
+            {
+                **{(n, "stored"): stored.get(n, 0) for n in names},
+                **{(n, "failed"): failed.get(n, 0) for n in names},
+            },
+        ),
+        _labelled(
+            "journal_gaps_open",
+            "Windows the journal no longer held when the reader got there (offset or file"
+            " expired) whose reconcile has not completed yet",
+            ["journal"],
+            {(n,): gaps.get(n, 0) for n in names},
+        ),
+        errors,
+    ]
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -314,5 +396,10 @@ def queries() -> list[tuple[str, sa.TextClause, dict[str, str]]]:
         ("rate_limits", _RATE_LIMITS, {}),
         ("hubspot_tokens", _REINSTALL, {}),
         ("portal_controls", _PAUSED, {}),
+        ("journal_cursors", _JOURNAL_CURSORS, {}),
+        ("journal_entries failed", _JOURNAL_FAILED, {}),
+        ("journal_entries size estimate", _ESTIMATE, {"table": "journal_entries"}),
+        ("journal_entries stored", _JOURNAL_STORED, {}),
+        ("journal_gaps open", _JOURNAL_GAPS, {}),
     ]
     return named

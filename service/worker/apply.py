@@ -4,6 +4,11 @@ Each batch is claimed with FOR UPDATE SKIP LOCKED and applied in the claiming tr
 crash anywhere rolls the whole batch back (nothing applied, rows still due) and several workers
 never hold the same row. The mirror is applied set-based for the batch; if that fails, events
 are applied one by one, each in a savepoint, so one bad event cannot hold up the others.
+
+With `dedupe_changes` (HUBSPOT_EVENT_SOURCE journal or both: one change can arrive as a webhook
+and as a journal event) each event the mirror took claims its change (`changes.claim_first`, in
+the batch's transaction); a copy of a change another inbox row owns is settled done without
+reaching rules or user handlers. Its mirror write was harmless: last writer wins.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from service import db, inbox, mirror
-from service.events import Event, InvalidEvent, normalise
+from service import changes, db, inbox, mirror
+from service.events import Event, InvalidEvent, Kind, change_key, normalise
 from service.rules.engine import Before, RuleEngine
 from service.rules.registry import Registry, registry
 from service.worker.loop import Wakeup, run_loop
@@ -37,6 +42,7 @@ class BatchReport:
     done: int = 0
     ignored: int = 0
     failed: int = 0
+    copies: int = 0  # done without firing: another inbox row owns their change
     seconds: float = 0.0
 
 
@@ -50,6 +56,8 @@ class Worker:
     poll_seconds: float = 5.0
     handlers: Registry = field(default_factory=lambda: registry)
     rules: RuleEngine | None = None
+    # Rules and handlers once per change, not per copy (events arrive by webhook and journal).
+    dedupe_changes: bool = False
     # When a batch was last claimed, for the heartbeat thread to read (a round trip saved).
     last_batch_at: datetime | None = field(default=None, init=False)
 
@@ -60,9 +68,11 @@ class Worker:
             claimed = inbox.claim_due(connection, self.batch_size)
             if claimed:
                 self.last_batch_at = db.utcnow()
-            outcomes = self._apply(connection, claimed) if claimed else []
+            copies: set[int] = set()
+            outcomes = self._apply(connection, claimed, copies) if claimed else []
             inbox.settle(connection, outcomes, max_attempts=self.max_attempts)
         report = BatchReport(claimed=len(claimed), seconds=time.perf_counter() - started)
+        report.copies = len(copies)
         for outcome in outcomes:
             if outcome.status == "done":
                 report.done += 1
@@ -78,6 +88,7 @@ class Worker:
                     "done": report.done,
                     "ignored": report.ignored,
                     "failed": report.failed,
+                    "copies": report.copies,
                     "ms": round(report.seconds * 1000, 1),
                 },
             )
@@ -107,8 +118,9 @@ class Worker:
         log.info("worker_stopped")
 
     def _apply(
-        self, connection: sa.Connection, claimed: list[inbox.Claimed]
+        self, connection: sa.Connection, claimed: list[inbox.Claimed], copies: set[int]
     ) -> list[inbox.Outcome]:
+        """Apply the claimed rows; `copies` gets the ids of those settled as another's copy."""
         outcomes: dict[int, inbox.Outcome] = {}
         rows = {row.id: row for row in claimed}
         events = _normalised(claimed, outcomes)
@@ -127,8 +139,11 @@ class Worker:
         # Rules fire for every event the mirror took, before user handlers run: a handler that
         # fails has its event retried, and by then the mirror holds the change already.
         mirrored = [e for e in events if e.inbox_id not in outcomes]
+        if self.dedupe_changes:
+            copies |= _copies(connection, mirrored, before)
+            mirrored = [e for e in mirrored if e.inbox_id not in copies]
         handled = self._fire(connection, mirrored, before, rows, outcomes)
-        for event in events:
+        for event in mirrored:
             if event.inbox_id in outcomes:
                 continue
             handlers = self.handlers.handlers_for(event)
@@ -151,7 +166,7 @@ class Worker:
         for event in events:
             if event.inbox_id in outcomes:
                 continue
-            done = event.inbox_id in handled or mirror.handles(event)
+            done = event.inbox_id in handled or event.inbox_id in copies or mirror.handles(event)
             outcomes[event.inbox_id] = _outcome(rows[event.inbox_id], "done" if done else "ignored")
         return [outcomes[row.id] for row in claimed]
 
@@ -179,6 +194,20 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - this event fails, the rest go on
                 outcomes[event.inbox_id] = _failed(rows[event.inbox_id], exc)
         return fired
+
+
+def _copies(connection: sa.Connection, events: list[Event], before: dict[int, Before]) -> set[int]:
+    """The applied events whose change another inbox row owns (events.change_key).
+
+    Each change is claimed by its first event in the list, so a property change `before` found
+    winning (the one whose rules may fire) goes first. Kind OTHER is no change: never a copy.
+    """
+    keyed = [e for e in events if e.kind is not Kind.OTHER and not e.is_self_test]
+    keyed.sort(key=lambda e: not (e.inbox_id in before and before[e.inbox_id].wins))
+    owners = changes.claim_first(
+        connection, [(e.portal_id, change_key(e), e.occurred_at, e.inbox_id) for e in keyed]
+    )
+    return {e.inbox_id for e in keyed} - owners
 
 
 def _normalised(claimed: list[inbox.Claimed], outcomes: dict[int, inbox.Outcome]) -> list[Event]:

@@ -2,7 +2,8 @@
 
 `run` is `hubspot-webhooks worker`: apply (stage 2) in the calling thread; act (4), hydrate (3),
 the partitions of the inbox, the action runs and the API call log (5) and, when configured, the
-scheduled reconcile, pipeline-label refresh and alerts every ALERT_INTERVAL (5) in daemon threads.
+scheduled reconcile, pipeline-label refresh and alerts every ALERT_INTERVAL (5) in daemon threads,
+and with HUBSPOT_EVENT_SOURCE journal or both the journal reader (service/hubspot/journal.py).
 SIGTERM or SIGINT sets one stop event: the current batch finishes, every loop ends, exit 0.
 `in_background` is the same set of stages inside `dev`, beside the web server.
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from service import db, outbox
-from service.hubspot import client
+from service.hubspot import client, journal
 from service.hubspot.hydration import Hydrator
 from service.hubspot.pipelines import refresh_stale
 from service.hubspot.reconcile import known_portals
@@ -109,6 +110,12 @@ def drain(settings: Settings) -> Drained:
 
 
 def _drain(settings: Settings, engine: sa.Engine, rules: RuleEngine | None) -> Drained:
+    reader = journal.from_settings(settings, engine)  # journal mode: read it to the end first
+    if reader is not None:
+        try:
+            reader.drain()
+        finally:
+            reader.close()
     applied = _apply_stage(settings, engine, rules).drain()
     fetched = None
     hydrator = _hydrate_stage(settings, engine)
@@ -160,6 +167,8 @@ def _apply_stage(settings: Settings, engine: sa.Engine, rules: RuleEngine | None
         max_attempts=settings.max_attempts,
         poll_seconds=settings.worker_poll_seconds,
         rules=rules,
+        # Rules once per change: with the journal, a change can arrive twice.
+        dedupe_changes=settings.event_source != "push",
     )
 
 
@@ -232,6 +241,9 @@ def _stages(
         start("hydrate", hydrator.run_once, settings.worker_poll_seconds, None)
     if settings.alert_slack_webhook_url or settings.alert_webhook_url:
         start("alerts", Alerts(engine, settings).step, settings.alert_interval_seconds, None)
+    reader = journal.from_settings(settings, engine)  # HUBSPOT_EVENT_SOURCE journal or both
+    if reader is not None:  # a round that stored entries is followed by the next at once
+        start("journal", reader.run_once, settings.journal_poll_seconds, None)
     if settings.partition_upkeep:  # off: someone else keeps them (bench/soak.py's fast clock)
         start("partitions", lambda: keep_partitions(engine, settings), PARTITIONS_SECONDS, None)
     for thread in threads:
@@ -245,3 +257,5 @@ def _stages(
         runner.close()
         if hydrator is not None:
             hydrator.close()
+        if reader is not None:
+            reader.close()

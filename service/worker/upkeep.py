@@ -21,26 +21,36 @@ The conditions, each read from Postgres:
   current minute and the ones before it that started inside the window); resolved after a
   whole window without one.
 - `reconcile`: the last scheduled reconcile failed (`run_reconcile` reports each outcome).
+- `journal`: the Webhooks Journal reader (HUBSPOT_EVENT_SOURCE journal or both) needs a look: a
+  gap is open (the journal no longer held a window the reader had not read, and its reconcile
+  has not completed), an entry read within INBOX_RETENTION failed to parse and was not replayed
+  (`hubspot-webhooks journal replay --failed`), or the reader's last error is newer than its
+  last success by more than ALERT_LAG; its last success is the last entry stored, or the last
+  check that found it read to the end (so a quiet journal's one passing error does not fire).
+  Its value holds the counts and the error's first line, URLs and tokens cut out. Resolved when
+  all three are clear; push-only deployments have no journal rows and it never fires.
 
-`keep_partitions` keeps the partitions (service/partitions.py) of the three tables that only
+`keep_partitions` keeps the partitions (service/partitions.py) of the four tables that only
 grow, each through its owner's scheme: the inbox (INBOX_RETENTION: done and ignored rows go with
 their partition, pending, failed and dead rows are put back first), the action runs
-(ACTION_RETENTION: done runs go, pending, failed and dead runs are put back) and the per-minute
+(ACTION_RETENTION: done runs go, pending, failed and dead runs are put back), the per-minute
 API call counts (API_LOG_RETENTION: everything goes, a whole day's partition at a time, instead
-of a DELETE). The next days' partitions are created ahead. Each worker runs it every
-`PARTITIONS_SECONDS`; an advisory lock per table lets one of them work on a table at a time.
+of a DELETE) and the applied changes (INBOX_RETENTION: everything goes). The next days'
+partitions are created ahead. Each worker runs it every `PARTITIONS_SECONDS`; an advisory lock
+per table lets one of them work on a table at a time.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
-from service import alerts, inbox, outbox, partitions
+from service import alerts, changes, inbox, outbox, partitions
 from service.alerting import direct
 from service.alerting import messages as alert_messages
 from service.hubspot.client import HubSpotApi, call_log_partitioning
@@ -79,6 +89,25 @@ _RECENT_429S = sa.text(
     WHERE minute > now() - make_interval(secs => :window) AND outcome = '429'
     """
 )
+
+_JOURNAL = sa.text(
+    """
+    SELECT (SELECT count(*) FROM journal_gaps WHERE reconciled_at IS NULL) AS gaps_open,
+           (SELECT count(*) FROM journal_entries WHERE status = 'failed'
+              AND fetched_at > now() - make_interval(secs => :retention)) AS failed_entries
+    """
+)
+# The newest error of a reader failing for longer than ALERT_LAG since its last success.
+_JOURNAL_FAILING = sa.text(
+    """
+    SELECT journal, last_error FROM journal_cursors
+    WHERE last_error_at > coalesce(greatest(entry_at, CASE WHEN behind = 0 THEN checked_at END),
+                                   '-infinity') + make_interval(secs => :lag)
+    ORDER BY last_error_at DESC LIMIT 1
+    """
+)
+_URL = re.compile(r"(https?://[^/\s?#]+)[^\s]*")
+_BEARER = re.compile(r"(?i)\b(bearer|token|secret|signature)([\s=:]+)\S+")
 
 
 def dead_letters(
@@ -128,6 +157,27 @@ def reconcile(
     return report.get("outcome") == "failed", {"report": report}
 
 
+def journal(
+    connection: sa.Connection, state: alerts.State, settings: Settings
+) -> tuple[bool, dict[str, Any]]:
+    """A journal gap is open, entries failed to parse, or the reader keeps failing."""
+    params = {"retention": settings.inbox_retention_seconds}
+    counts = {k: int(v) for k, v in connection.execute(_JOURNAL, params).one()._mapping.items()}
+    failing = connection.execute(_JOURNAL_FAILING, {"lag": settings.alert_lag_seconds}).first()
+    error = None if failing is None else f"{failing.journal}: {safe_line(failing.last_error)}"
+    firing = counts["gaps_open"] > 0 or counts["failed_entries"] > 0 or failing is not None
+    return firing, {**counts, "last_error": error}
+
+
+def safe_line(error: str | None) -> str:
+    """An error's first line for an alert: URLs cut to their host (a file URL's query is a
+    signature), anything after `token`, `bearer`, `secret` or `signature` dropped, 200 chars."""
+    line = (error or "").strip().partition("\n")[0]
+    line = _URL.sub(r"\1/...", line)
+    line = _BEARER.sub(r"\1\2...", line)
+    return line[:200] or "unknown error"
+
+
 CONDITIONS: dict[str, Check] = {
     "dead_letters": dead_letters,
     "lag": lag,
@@ -135,6 +185,7 @@ CONDITIONS: dict[str, Check] = {
     "reinstall": reinstall,
     "rate_limited": rate_limited,
     "reconcile": reconcile,
+    "journal": journal,
 }
 
 
@@ -185,6 +236,8 @@ def schemes(settings: Settings) -> list[partitions.Scheme]:
         inbox.partitioning(settings.inbox_retention_seconds, width_seconds=width),
         outbox.partitioning(settings.action_retention_seconds, width_seconds=width),
         call_log_partitioning(settings.api_log_retention_seconds, width_seconds=width),
+        # As long as the inbox rows the claims name (HUBSPOT_EVENT_SOURCE=both).
+        changes.partitioning(settings.inbox_retention_seconds, width_seconds=width),
     ]
 
 

@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from starlette.testclient import TestClient
 
-from service import heartbeats, outbox, portals
+from service import heartbeats, journal, outbox, portals
 from service.events import Event, Kind
 from service.hubspot.client import HubSpotApi
 from service.settings import WEBHOOK_PATH
+from service.web import gauges
 from service.web.app import create_app
 from service.web.gauges import queries
 from service.worker.apply import Worker
-from tests.factories import METRICS_TOKEN, PORTAL, action_run, change, hs
+from tests.factories import METRICS_TOKEN, PORTAL, action_run, change, hs, journal_read
 from tests.fake_hubspot import FakeHubSpot
 from tests.support import DbClock, MakeApi, free_port, make_settings, post, post_events, scrape
 
@@ -264,3 +266,64 @@ def test_the_size_estimate_of_the_partitioned_inbox_sums_its_partitions(
         connection.execute(sa.text("ANALYZE inbox_events"))
         [(_, estimate, params)] = [q for q in queries() if q[0] == "inbox_events size estimate"]
         assert connection.execute(estimate, params).scalar_one() == 40
+
+
+def test_push_only_deployments_show_no_journal_series(client: TestClient) -> None:
+    samples = metrics_of(client)
+
+    assert value(samples, "database_up") == 1
+    assert not [name for name, _ in samples if name.startswith(P + "journal")]
+
+
+def test_the_journal_reader_is_reported_by_journal(client: TestClient, engine: sa.Engine) -> None:
+    with engine.begin() as connection:
+        journal_read(connection, "global", ["stored", "stored", "failed", "stored"])
+        journal.note_latest(connection, "global", latest_offset="global-11", behind=7)
+        journal.note_error(connection, "global", "HubSpotUnavailable: HubSpot answered 503")
+        journal.note_error(connection, "global", "HubSpotUnavailable: HubSpot answered 503")
+        for reason in ("offset_expired", "file_expired"):
+            gap = journal.record_gap(
+                connection,
+                "global",
+                reason=reason,
+                since_ms=1,
+                until_ms=2,
+                from_offset="global-1",
+                to_offset=None,
+            )
+        journal.gap_reconciled(connection, gap)
+        # A second journal whose reader has only looked at the journal, knowing nothing yet.
+        journal.note_latest(connection, f"local:{PORTAL}", latest_offset=None, behind=None)
+
+    samples = metrics_of(client)
+
+    assert value(samples, "journal_behind_entries", journal="global") == 7
+    assert 0 <= value(samples, "journal_last_entry_age_seconds", journal="global") < 60
+    assert value(samples, "journal_entries", journal="global", status="stored") == 3
+    assert value(samples, "journal_entries", journal="global", status="failed") == 1
+    assert value(samples, "journal_gaps_open", journal="global") == 1
+    assert value(samples, "journal_errors_total", journal="global") == 2
+    local = f"local:{PORTAL}"
+    assert value(samples, "journal_entries", journal=local, status="stored") == 0
+    assert value(samples, "journal_gaps_open", journal=local) == 0
+    assert value(samples, "journal_errors_total", journal=local) == 0
+    for unknown in ("journal_behind_entries", "journal_last_entry_age_seconds"):
+        assert (P + unknown, frozenset({("journal", local)})) not in samples
+
+
+def test_stored_journal_entries_of_a_large_table_come_from_its_size_estimate(
+    client: TestClient, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with engine.begin() as connection:
+        journal_read(connection, "global", ["stored"] * 5 + ["failed"])
+        connection.execute(sa.text("ANALYZE journal_entries"))
+    # Six rows count as "large" here; the estimate is then the table's statistics, not a count.
+    monkeypatch.setattr(gauges, "EXACT_COUNT_BELOW", 6)
+
+    samples = metrics_of(client)
+
+    assert value(samples, "journal_entries", journal="global", status="stored") == 5
+    assert value(samples, "journal_entries", journal="global", status="failed") == 1
+    [(_, estimate, params)] = [q for q in queries() if q[0] == "journal_entries size estimate"]
+    with engine.connect() as connection:
+        assert connection.execute(estimate, params).scalar_one() == 6

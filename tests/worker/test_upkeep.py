@@ -148,7 +148,7 @@ def test_429s_already_in_the_window_when_the_loops_first_look_fire(
     fires_once(fleet, "rate_limited")
 
 
-PARTITIONED = ("inbox_events", "action_runs", "hubspot_api_call_minutes")
+PARTITIONED = ("inbox_events", "action_runs", "hubspot_api_call_minutes", "applied_changes")
 
 
 def test_upkeep_keeps_every_partitioned_table_ready_days_ahead(

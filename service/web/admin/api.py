@@ -4,7 +4,8 @@ Reads query the tables (lists are newest first, paged by a `next` cursor: pass i
 `?before=` or, for hydration, `?after=`); every change goes through the table's owner:
 `inbox.replay`, `outbox.replay`, `fetches.retry`, `portals.pause` and `portals.resume`. A bad
 parameter is 400 naming it; a missing or wrong token is 401; with ADMIN_TOKEN unset the whole
-/admin tree is 404 (see the package).
+/admin tree is 404 (see the package). `/journal` (the Webhooks Journal reader, journal.py) shows
+the newest `limit` entries, unpaged.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from starlette.routing import Route
 
 from service import db, fetches, inbox, outbox, portals
 from service.web.admin import auth, queries
+from service.web.admin import journal as journal_view
 from service.web.admin.database import read, write
 from service.web.admin.params import (
     PAGE_SIZE,
@@ -297,6 +299,20 @@ async def list_rules(request: Request) -> Response:
     return JSONResponse({"items": rules, "problem": problem})
 
 
+@_api
+async def show_journal(request: Request) -> Response:
+    """GET /admin/api/journal: ?status=stored|failed &journal= &limit= -- the Webhooks Journal
+    reader: each cursor with its state, the newest entries (counts and errors, never a file's
+    contents), the open gaps and the latest others."""
+    status, journal = journal_view.entry_filters(request.query_params)
+    limit = _limit(request.query_params)
+    found = await read(
+        request, lambda c: journal_view.view(c, status=status, journal=journal, limit=limit)
+    )
+    source = request.app.state.config.settings.event_source
+    return JSONResponse({"event_source": source, **found})
+
+
 RECORD = "/records/{portal:int}/{object_type:str}/{id:int}"
 FETCH = "/hydration/{portal:int}/{object_type:str}/{object:int}"
 
@@ -318,4 +334,5 @@ routes = [
     Route("/portals/{portal:int}/resume", resume_portal_now, methods=["POST"]),
     Route(RECORD, show_record, methods=["GET"]),
     Route("/rules", list_rules, methods=["GET"]),
+    Route("/journal", show_journal, methods=["GET"]),
 ]

@@ -23,6 +23,7 @@ from starlette.templating import Jinja2Templates
 from service import db, fetches, inbox, outbox
 from service.models import INBOX_STATUSES
 from service.web.admin import auth, queries
+from service.web.admin import journal as journal_view
 from service.web.admin.api import event_detail
 from service.web.admin.database import read
 from service.web.admin.params import (
@@ -63,7 +64,8 @@ def render(
 ) -> Response:
     """A template filled with `context`, the session's CSRF token and the page's notice."""
     notice = NOTICES.get(request.query_params.get("notice", ""))
-    context = {"session": None, "error": None, "notice": notice, **context}
+    nav = getattr(request.state, "journal_nav", False)
+    context = {"session": None, "error": None, "notice": notice, "journal_nav": nav, **context}
     response = templates.TemplateResponse(request, name, context, status_code=status_code)
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Frame-Options"] = "DENY"
@@ -83,6 +85,7 @@ def _page(view: Page) -> Callable[[Request], Awaitable[Response]]:
         if current is None:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse("/admin/login?" + urlencode({"next": target}), status_code=303)
+        request.state.journal_nav = await _journal_nav(request)
         try:
             return await view(request, current)
         except BadParameter as exc:
@@ -91,6 +94,14 @@ def _page(view: Page) -> Callable[[Request], Awaitable[Response]]:
             )
 
     return checked
+
+
+async def _journal_nav(request: Request) -> bool:
+    """Whether the nav links the Journal page: the journal is a source, or a reader left rows
+    (push-only deployments see no new link)."""
+    if request.app.state.config.settings.event_source != "push":
+        return True
+    return await read(request, journal_view.in_use)
 
 
 def ack_latency(request: Request) -> dict[str, float] | None:
@@ -268,6 +279,23 @@ async def rules(request: Request, session: auth.Session) -> Response:
 
 
 @_page
+async def journal(request: Request, session: auth.Session) -> Response:
+    """GET /admin/journal: the Webhooks Journal reader: offset, entries behind, last entry's
+    age, failed entries and gaps (open ones first), filter entries by status."""
+    status, name = journal_view.entry_filters(request.query_params)
+    found = await read(
+        request, lambda c: journal_view.view(c, status=status, journal=name, limit=PAGE_SIZE)
+    )
+    context = {
+        "journal": found,
+        "source": request.app.state.config.settings.event_source,
+        "query": dict(request.query_params),
+        "statuses": journal_view.ENTRY_STATUSES,
+    }
+    return render(request, "journal.html", {"session": session, **context})
+
+
+@_page
 async def record(request: Request, session: auth.Session) -> Response:
     """GET /admin/records/{portal}/{object_type}/{id}: a mirrored record, values masked."""
     p = request.path_params
@@ -292,5 +320,6 @@ routes = [
     Route("/hydration", hydration, methods=["GET"]),
     Route("/portals", portals, methods=["GET"]),
     Route("/rules", rules, methods=["GET"]),
+    Route("/journal", journal, methods=["GET"]),
     Route("/records/{portal:int}/{object_type:str}/{id:int}", record, methods=["GET"]),
 ]

@@ -12,7 +12,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tests.factories import ADMIN_TOKEN, CLIENT_SECRET
+from service import journal
+from tests.factories import ADMIN_TOKEN, CLIENT_SECRET, UNPARSEABLE, journal_read
 from tests.support import breakable_worker, dead_run_and_fetch, run_cli
 
 SCREENSHOTS = os.environ.get("ADMIN_SCREENSHOTS")
@@ -114,3 +115,45 @@ def test_a_wrong_token_and_a_post_without_csrf_are_refused(browser_page: Any) ->
     assert "CSRF" in page.inner_text("body")
     page.goto("/admin/")
     assert page.url.endswith("/admin/")
+
+
+def test_an_operator_finds_the_journal_reader_its_failed_entry_and_open_gap(
+    browser_page: Any, engine: sa.Engine
+) -> None:
+    page = browser_page
+    log_in(page)
+    page.wait_for_url("**/admin/")
+    assert page.locator("header a[href='/admin/journal']").count() == 0, "push only: no link"
+
+    with engine.begin() as connection:
+        journal_read(connection, "global", ["stored", "failed", "stored"])
+        journal.note_latest(connection, "global", latest_offset="global-5", behind=2)
+        journal.record_gap(
+            connection,
+            "global",
+            reason="offset_expired",
+            since_ms=1_700_000_000_000,
+            until_ms=1_700_000_500_000,
+            from_offset="global-0",
+            to_offset=None,
+        )
+    page.reload()
+    page.click("header a[href='/admin/journal']")
+    page.wait_for_url("**/admin/journal")
+
+    assert page.inner_text("#offset-1 .n") == "global-3"
+    assert page.inner_text("#behind-1 .n") == "2"
+    assert page.inner_text("#failed-1 .n") == "1"
+    assert page.inner_text("#gaps-1 .n") == "1"
+    assert page.inner_text("#state-1") == "gap"
+    assert page.inner_text("#replay-hint") == "hubspot-webhooks journal replay --failed"
+    open_gap = page.locator("#gaps tr.open td").first
+    assert open_gap.evaluate("td => getComputedStyle(td).backgroundColor") == "rgb(253, 226, 225)"
+    shoot(page, "journal")
+
+    page.click("#failed-1")
+    page.wait_for_url("**/admin/journal?status=failed*")
+    assert page.locator("#entries tr").count() == 2  # a header row and the failed entry
+    assert UNPARSEABLE in page.inner_text("#entries")
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
