@@ -76,10 +76,12 @@ DEFAULT_MIRROR_PROPERTIES: Mapping[str, tuple[str, ...]] = {
 EVENT_SOURCES = ("push", "journal", "both")
 JOURNAL_STARTS = ("earliest", "latest")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Read scopes of every type the default mirror keeps (tickets: the `tickets` scope).
 DEFAULT_SCOPES = (
     "crm.objects.contacts.read",
     "crm.objects.companies.read",
     "crm.objects.deals.read",
+    "tickets",
 )
 
 

@@ -131,7 +131,7 @@ def test_install_redirects_to_hubspots_consent_page_with_a_state_bound_to_the_br
     assert query["redirect_uri"] == CALLBACK
     assert query["scope"] == " ".join(settings_for_oauth.scopes)
     assert query["scope"] == (
-        "crm.objects.contacts.read crm.objects.companies.read crm.objects.deals.read"
+        "crm.objects.contacts.read crm.objects.companies.read crm.objects.deals.read tickets"
     )
     assert authorize_query(second)["state"] != query["state"]  # a fresh state each time
     cookie = install_cookie(first)
