@@ -93,8 +93,15 @@ class JournalStatus:
     oldest_open_gap_at: datetime | None
 
 
-def contact_keys(contacts: Iterable[tuple[int, int]]) -> list[str]:
-    """(portal, contact id) pairs as journal_entries.contacts holds them: "portal:id"."""
+# journal_entries.contacts of a file that cannot be read at all: any erasure drops it.
+UNKNOWN_CONTACTS = "*"
+
+
+def contact_keys(contacts: Iterable[tuple[int, int]] | None) -> list[str]:
+    """(portal, contact id) pairs as journal_entries.contacts holds them: "portal:id"; None
+    (whom the file mentions is unknown) as UNKNOWN_CONTACTS."""
+    if contacts is None:
+        return [UNKNOWN_CONTACTS]
     return sorted({f"{portal}:{contact}" for portal, contact in contacts})
 
 
@@ -202,10 +209,11 @@ def record_entry(
     stored: int,
     status: EntryStatus,
     error: str | None,
-    contacts: Iterable[tuple[int, int]],
+    contacts: Iterable[tuple[int, int]] | None,
 ) -> None:
     """Keep an entry read: its file (gzip), the size downloaded, the events it held and how many
-    were new, `stored` or `failed` (with the reason), the contacts it mentions."""
+    were new, `stored` or `failed` (with the reason), the contacts it mentions (None: unknown,
+    a file that cannot be read; any privacy erasure then drops it)."""
     connection.execute(
         _RECORD_ENTRY,
         {
@@ -327,10 +335,13 @@ def scrub_contacts(
             " WHERE contacts && CAST(:keys AS text[]) AND file IS NOT NULL"
             " FOR UPDATE SKIP LOCKED"
         ),
-        {"keys": keys},
+        {"keys": [*keys, UNKNOWN_CONTACTS]},
     ).all()
     for row in rows:
-        mentioned = sorted(c for c in wanted if f"{c[0]}:{c[1]}" in set(row.contacts))
+        listed = set(row.contacts)
+        mentioned = sorted(
+            c for c in wanted if UNKNOWN_CONTACTS in listed or f"{c[0]}:{c[1]}" in listed
+        )
         connection.execute(  # scrubbed: no longer listed, so not rewritten again
             sa.text(
                 "UPDATE journal_entries SET file = :file, contacts = ARRAY(SELECT c FROM"

@@ -218,7 +218,10 @@ class JournalReader:
                 stored=stored,
                 status="stored" if parsed is not None else "failed",
                 error=error,
-                contacts=() if parsed is None else parsed.contacts,
+                # A refused file still names its contacts for privacy erasure, if it is JSON.
+                contacts=journal_format.mentioned_contacts(data)
+                if parsed is None
+                else parsed.contacts,
             )
             if not journal.advance(
                 connection,

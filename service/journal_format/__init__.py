@@ -61,6 +61,7 @@ __all__ = [
     "JournalFile",
     "compress",
     "decompress",
+    "mentioned_contacts",
     "read_file",
     "scrub_file",
 ]
@@ -137,6 +138,18 @@ def decompress(data: bytes) -> bytes:
     except zlib.error as exc:
         raise InvalidJournalFile(f"file is not valid gzip: {exc}") from None
     return bytes(out)
+
+
+def mentioned_contacts(data: bytes) -> tuple[tuple[int, int], ...] | None:
+    """The (portal, contact id) pairs of a file `read_file` refused, as far as it can be read
+    (an event without occurredAt still names its contact); None when it is not JSON at all, so
+    privacy erasure cannot know whom it mentions."""
+    try:
+        _, raw_events, _ = _parse(data)
+    except InvalidJournalFile:
+        return None
+    found = {_contact_of(raw) for raw in raw_events if isinstance(raw, dict)}
+    return tuple(sorted(c for c in found if c is not None))
 
 
 def scrub_file(data: bytes, contacts: Iterable[tuple[int, int]]) -> bytes:

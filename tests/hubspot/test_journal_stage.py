@@ -256,6 +256,38 @@ def test_a_file_too_large_to_read_is_failed_and_the_reader_goes_on(
     assert inbox_count(engine) == 0
 
 
+def test_privacy_erasure_reaches_the_kept_files_of_failed_entries(
+    readers: list[JournalReader],
+    clean_db: str,
+    fake: FakeHubSpot,
+    engine: sa.Engine,
+    worker: Worker,
+) -> None:
+    contact, at = 501, START_MS
+    secret = "erase-me@example.com"
+    named = Event("UPDATE", PORTAL, "0-1", contact, occurred_at=at, properties={"email": secret})
+    del named["occurredAt"]  # refused by the parser, but JSON that still names its contact
+    refused = fake.journal.append(PORTAL, [named])
+    garbage = fake.journal.append(PORTAL, [Event("CREATE", PORTAL, "0-1", 502, occurred_at=at)])
+    fake.journal.break_next_file(garbage)
+    erase = Event("GDPR_DELETE", PORTAL, "0-1", contact, occurred_at=at + 1000)
+    fake.journal.append(PORTAL, [erase])
+    reader = make_reader(readers, clean_db, fake)
+
+    drain(reader)
+    kept = {e.entry_offset: e for e in entries_of(engine)}
+    assert kept[refused].status == kept[garbage].status == "failed"
+    assert list(kept[refused].contacts) == [f"{PORTAL}:{contact}"]
+    assert list(kept[garbage].contacts) == [journal.UNKNOWN_CONTACTS]  # whom it names: unknown
+    worker.drain()  # applies the privacy deletion
+
+    kept = {e.entry_offset: e for e in entries_of(engine)}
+    refused_file = kept[refused].file
+    assert refused_file is not None
+    assert secret.encode() not in journal_format.decompress(bytes(refused_file))
+    assert kept[garbage].file is None  # unreadable: dropped rather than kept unscrubbed
+
+
 def test_an_expired_file_url_is_renewed_once(
     readers: list[JournalReader], clean_db: str, fake: FakeHubSpot, engine: sa.Engine
 ) -> None:
