@@ -225,6 +225,37 @@ def replay(connection: sa.Connection, filters: RunFilters) -> int:
     return int(count)
 
 
+PURGEABLE_STATUSES = ("dead", "failed")
+
+
+def purge(
+    connection: sa.Connection, statuses: Iterable[str], *, created_before: datetime, limit: int
+) -> int:
+    """Delete up to `limit` dead (or failed) runs created before the time; returns how many.
+
+    Through the partial index of the runs not done; runs the act stage holds are skipped. A
+    purged run is forgotten: replaying its event fires the rule again.
+    """
+    chosen = sorted(set(statuses))
+    if not chosen or not set(chosen) <= set(PURGEABLE_STATUSES):
+        raise ValueError(f"purge takes {' or '.join(PURGEABLE_STATUSES)} runs, not {chosen}")
+    wanted = ", ".join(f"'{s}'" for s in chosen)  # constants, checked above
+    return connection.execute(
+        sa.text(
+            f"""
+            DELETE FROM action_runs a
+            USING (SELECT portal_id, inbox_id, rule, action_index, event_occurred_at
+                   FROM action_runs
+                   WHERE status IN ({wanted}) AND created_at < :before
+                   LIMIT :limit FOR UPDATE SKIP LOCKED) d
+            WHERE a.portal_id = d.portal_id AND a.inbox_id = d.inbox_id AND a.rule = d.rule
+              AND a.action_index = d.action_index AND a.event_occurred_at = d.event_occurred_at
+            """
+        ),
+        {"before": created_before, "limit": limit},
+    ).rowcount
+
+
 def get_run(connection: sa.Connection, run_id: int) -> Any | None:
     """One run in full (payload, error, result), or None."""
     return connection.execute(

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from tests.factories import numbered_event
+from service import outbox
+from tests.factories import action_run, numbered_event
 from tests.support import run_cli, store_events
 
 # event id -> (status, days since it was received)
@@ -74,3 +75,40 @@ def test_purge_says_what_it_needs(clean_db: str, engine: sa.Engine) -> None:
     assert without_age.returncode == 2
     assert "--older-than" in without_age.stderr
     assert left(engine) == set(FATES)
+
+
+def test_purge_actions_deletes_only_dead_runs_older_than_the_age(
+    clean_db: str, engine: sa.Engine
+) -> None:
+    # rule -> (status, days since the run was created)
+    runs = {"a": ("dead", 40), "b": ("dead", 5), "c": ("failed", 40), "d": ("pending", 40)}
+    runs |= {"e": ("done", 40)}
+    with engine.begin() as connection:
+        outbox.enqueue(connection, [action_run(1, rule=rule) for rule in runs])
+        for rule, (status, days) in runs.items():
+            connection.execute(
+                sa.text(
+                    "UPDATE action_runs SET status = :s,"
+                    " created_at = now() - make_interval(days => :d) WHERE rule = :r"
+                ),
+                {"s": status, "d": days, "r": rule},
+            )
+    setup_inbox(clean_db, engine)
+
+    result = run_cli(
+        "purge", "--actions", "--dead", "--older-than", "30d", env={"DATABASE_URL": clean_db}
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("purged 1 dead action runs created before ")
+    with engine.connect() as connection:
+        kept = set(connection.scalars(sa.text("SELECT rule FROM action_runs")))
+    assert kept == {"b", "c", "d", "e"}
+    assert left(engine) == set(FATES)  # the inbox is left alone
+
+
+def test_purge_actions_needs_a_status(clean_db: str) -> None:
+    result = run_cli("purge", "--actions", "--older-than", "1d", env={"DATABASE_URL": clean_db})
+
+    assert result.returncode == 2
+    assert "say which action runs: --dead, --failed or both" in result.stderr
