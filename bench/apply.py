@@ -14,7 +14,10 @@ statement; not timed), then drained by:
    and again with the other `--batch-sizes` for comparison;
 2. two worker processes started together (each a `Worker.drain()` on its own engine, as
    `python -m service worker --drain` runs it), timed from the moment both are released;
-3. the naive baseline: one transaction per event (claim 1 row with FOR UPDATE SKIP LOCKED,
+3. the bare loop (issue 13's baseline, what the database itself allows): claim 500 rows with
+   FOR UPDATE SKIP LOCKED, merge each object's changes into a plain jsonb row of a table of its
+   own (`bench_bare_objects`: one upsert, no versions), mark them done, commit; plain psycopg;
+4. the naive baseline: one transaction per event (claim 1 row with FOR UPDATE SKIP LOCKED,
    `mirror.apply_events` on a one-event list, `inbox.settle`, commit), on a prefix of the backlog
    (`--naive-events` or `--naive-seconds`, whichever comes first), its rate extrapolated.
 
@@ -68,8 +71,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRATCH_DATABASE = "hubspot_webhooks_bench_apply"
 HEADLINE_BATCH_SIZE = 500  # the worker's default (WORKER_BATCH_SIZE)
 LOAD_BATCH = 1_000  # events per record_delivery statement while loading the backlog
-GOAL_EVENTS_PER_SECOND = 20_000.0  # one worker, batch 500
+# One worker, batch 500, per backlog (issue 13).
+GOAL_EVENTS_PER_SECOND = {"property": 20_000.0, "mixed": 15_000.0}
 GOAL_RATIO = 10.0  # one worker / naive loop
+GOAL_BARE_RATIO = 0.55  # one worker / the bare loop, property backlog (issue 13)
+BARE_RUN = "bare loop (claim, merge, done)"
 BUSY_CORES = 0.5  # other load above this during the headline run is called out
 MAX_RUN_SECONDS = 1_800.0  # a drain that takes longer than this is broken
 PORTAL_ID = 62515
@@ -365,6 +371,18 @@ def verify(
         raise BenchError(f"{label}: the mirror is wrong: " + "; ".join(problems))
 
 
+def verify_bare(url: str, backlog: Backlog, *, label: str) -> None:
+    """After the bare loop: every inbox row done, one plain row per object the events name."""
+    with scratch.connect(url) as connection:
+        statuses = dict(
+            connection.execute("SELECT status, count(*) FROM inbox_events GROUP BY status")
+        )
+        row = connection.execute("SELECT count(*) FROM bench_bare_objects").fetchone()
+    objects = {int(e.get("objectId") or e["fromObjectId"]) for e in backlog.events}
+    if statuses != {"done": len(backlog.events)} or (int(row[0]) if row else 0) != len(objects):
+        raise BenchError(f"{label}: inbox statuses {statuses}, {row} plain rows")
+
+
 # --- the database ---------------------------------------------------------------------------------
 
 
@@ -586,6 +604,67 @@ def drain_in_processes(url: str, batch_size: int, processes: int, dedupe: bool) 
     )
 
 
+# The bare loop: what claiming, merging and marking done cost the database with nothing else.
+_BARE_TABLE = """
+    CREATE TABLE IF NOT EXISTS bench_bare_objects (
+        object_id bigint PRIMARY KEY, properties jsonb NOT NULL DEFAULT '{}')
+"""
+_BARE_CLAIM = """
+    SELECT id, occurred_at, payload FROM inbox_events
+    WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
+    ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+"""
+_BARE_MERGE = """
+    INSERT INTO bench_bare_objects AS b (object_id, properties)
+    SELECT r.object_id, r.properties
+    FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(object_id bigint, properties jsonb)
+    ORDER BY r.object_id
+    ON CONFLICT (object_id) DO UPDATE SET properties = b.properties || EXCLUDED.properties
+"""
+_BARE_DONE = """
+    UPDATE inbox_events SET status = 'done', attempts = attempts + 1, processed_at = now()
+    WHERE id = ANY(%(ids)s) AND occurred_at BETWEEN %(low)s AND %(high)s
+"""
+
+
+def bare_batch(connection: psycopg.Connection[Any], limit: int) -> int:
+    """One bare batch in one transaction; returns the rows claimed."""
+    with connection.transaction():
+        rows = connection.execute(_BARE_CLAIM, {"limit": limit}).fetchall()
+        if not rows:
+            return 0
+        merged: dict[int, dict[str, Any]] = {}
+        for _, _, payload in rows:
+            object_id = payload.get("objectId") or payload.get("fromObjectId")
+            props = merged.setdefault(int(object_id), {})
+            if "propertyName" in payload:
+                props[payload["propertyName"]] = payload.get("propertyValue")
+        documents = [{"object_id": o, "properties": p} for o, p in merged.items()]
+        connection.execute(_BARE_MERGE, {"rows": json.dumps(documents)})
+        stamps = [int(r[1]) for r in rows]
+        connection.execute(
+            _BARE_DONE, {"ids": [int(r[0]) for r in rows], "low": min(stamps), "high": max(stamps)}
+        )
+    return len(rows)
+
+
+def drain_bare(url: str, batch_size: int) -> Measured:
+    """The bare loop until nothing is due, on one plain psycopg connection."""
+    with psycopg.connect(db.libpq_url(url), autocommit=True) as connection:
+        connection.execute(_BARE_TABLE)
+        connection.execute("TRUNCATE bench_bare_objects")
+        row = connection.execute("SELECT pg_backend_pid()").fetchone()
+        pid = int(row[0]) if row else 0
+        with _frozen_heap():
+            meter = CpuMeter(pid)
+            started = time.perf_counter()
+            total = 0
+            while claimed := bare_batch(connection, batch_size):
+                total += claimed
+            seconds = time.perf_counter() - started
+        return Measured(total, seconds, *meter.read())
+
+
 def naive_apply_one(engine: sa.Engine) -> bool:
     """One event, one transaction: claim it, apply it with the mirror, mark it done."""
     with engine.begin() as connection:
@@ -705,6 +784,10 @@ def run_backlog(url: str, backlog: Backlog, options: Options) -> list[Result]:
             loaded = load(url, bodies)
             _progress(f"{backlog.name}: {run} (try {attempt + 1} of {options.repeat})")
             measured: Measured = go()
+            if run == BARE_RUN:
+                verify_bare(url, backlog, label=f"{backlog.name} / {run}")
+                tries.append((measured, loaded))
+                continue
             verify(
                 url,
                 backlog,
@@ -749,6 +832,7 @@ def run_backlog(url: str, backlog: Backlog, options: Options) -> list[Result]:
         headline,
         lambda: drain_in_processes(url, headline, options.processes, options.dedupe),
     )
+    measure(BARE_RUN, 1, headline, lambda: drain_bare(url, headline))
     measure(
         "naive, 1 event per transaction",
         1,
@@ -802,13 +886,15 @@ def goals(results: Sequence[Result], headline: int) -> list[dict[str, Any]]:
     """The goal lines per backlog: one worker at the default batch size, and vs the naive loop."""
     lines: list[dict[str, Any]] = []
     for name in dict.fromkeys(r.backlog for r in results):
-        one = next(
-            r for r in results if r.backlog == name and r.workers == 1 and r.batch_size == headline
-        )
+        mine = [r for r in results if r.backlog == name and r.run != BARE_RUN]
+        one = next(r for r in mine if r.workers == 1 and r.batch_size == headline)
+        bare = next((r for r in results if r.backlog == name and r.run == BARE_RUN), None)
+        bare_ratio = one.events_per_second / bare.events_per_second if bare else 0.0
+        goal = GOAL_EVENTS_PER_SECOND[name]
         naive = _naive(results, name)
         ratio = one.events_per_second / naive.events_per_second if naive else 0.0
         best = max(
-            (r for r in results if r.backlog == name and r.workers == 1 and r.batch_size > 1),
+            (r for r in mine if r.workers == 1 and r.batch_size > 1),
             key=lambda r: r.events_per_second,
         )
         cpu_one = one.cpu_per_event
@@ -822,8 +908,13 @@ def goals(results: Sequence[Result], headline: int) -> list[dict[str, Any]]:
                 "one_worker_cpu_bound_events_per_second": 1e6 / cpu_one if cpu_one else None,
                 "cpu_ratio_vs_naive": cpu_naive / cpu_one if cpu_one and cpu_naive else None,
                 "other_load_cores": busy,
-                "goal_events_per_second": GOAL_EVENTS_PER_SECOND,
-                "events_per_second_pass": one.events_per_second >= GOAL_EVENTS_PER_SECOND,
+                "goal_events_per_second": goal,
+                "events_per_second_pass": one.events_per_second >= goal,
+                "bare_events_per_second": round(bare.events_per_second, 1) if bare else None,
+                "bare_cpu_us_per_event": bare.cpu_per_event if bare else None,
+                "ratio_vs_bare": round(bare_ratio, 3),
+                "goal_ratio_vs_bare": GOAL_BARE_RATIO if name == "property" else None,
+                "ratio_vs_bare_pass": bare_ratio >= GOAL_BARE_RATIO,
                 "ratio_vs_naive": round(ratio, 2),
                 "goal_ratio": GOAL_RATIO,
                 "ratio_pass": ratio >= GOAL_RATIO,
@@ -844,6 +935,14 @@ def print_goals(lines: Sequence[dict[str, Any]], headline: int) -> None:
             f"{name:<9} 1 worker (batch {headline}) >= {g['goal_events_per_second']:,.0f} events/s:"
             f" {rate:,.0f}  {'PASS' if g['events_per_second_pass'] else 'MISS'}"
         )
+        if g["bare_events_per_second"] is not None:
+            verdict = "PASS" if g["ratio_vs_bare_pass"] else "MISS"
+            goal = "" if g["goal_ratio_vs_bare"] is None else f" >= {GOAL_BARE_RATIO}"
+            print(
+                f"{name:<9} 1 worker (batch {headline}) / the bare loop"
+                f" ({g['bare_events_per_second']:,.0f} events/s){goal}: {g['ratio_vs_bare']:.2f}"
+                + (f"  {verdict}" if goal else "  (no goal for this backlog)")
+            )
         print(
             f"{name:<9} 1 worker (batch {headline}) >= {g['goal_ratio']:.0f}x the naive loop:"
             f" {ratio:.1f}x  {'PASS' if g['ratio_pass'] else 'MISS'}"

@@ -82,14 +82,13 @@ _PROPERTIES = sa.text(
               versions jsonb)
     ORDER BY r.portal_id, r.object_type, r.object_id
     ON CONFLICT (portal_id, object_type, object_id) DO UPDATE
-    SET properties = o.properties || coalesce(
-            (SELECT jsonb_object_agg(n.key, n.value) FROM jsonb_each(EXCLUDED.properties) n
-             WHERE {_WINS.format(key="n.key")}),
-            '{{}}'::jsonb),
-        versions = o.versions || coalesce(
-            (SELECT jsonb_object_agg(n.key, n.value) FROM jsonb_each(EXCLUDED.versions) n
-             WHERE {_WINS.format(key="n.key")}),
-            '{{}}'::jsonb),
+    -- One pass over the new versions finds the winners for both documents (rows name the same
+    -- properties in both).
+    SET (properties, versions) = (
+            SELECT o.properties || coalesce(
+                       jsonb_object_agg(n.key, EXCLUDED.properties->n.key), '{{}}'::jsonb),
+                   o.versions || coalesce(jsonb_object_agg(n.key, n.value), '{{}}'::jsonb)
+            FROM jsonb_each(EXCLUDED.versions) n WHERE {_WINS.format(key="n.key")}),
         updated_at = now()
     -- Only rows where some property wins are written (and counted as changed).
     WHERE NOT o.erased
@@ -106,7 +105,8 @@ def write_lifecycle(connection: sa.Connection, rows: Iterable[Mapping[str, Any]]
 
 def write_properties(connection: sa.Connection, rows: Iterable[Mapping[str, Any]]) -> int:
     """Merge properties per property by version: rows of portal_id, object_type, object_id,
-    properties and versions, one per record, sorted by key. Returns how many records changed."""
+    properties and versions (the same names in both), one per record, sorted by key. Returns how
+    many records changed."""
     return int(connection.execute(_PROPERTIES, {"rows": db.json_rows(rows)}).rowcount)
 
 
