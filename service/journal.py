@@ -26,8 +26,7 @@ import sqlalchemy as sa
 
 EntryStatus = Literal["stored", "failed"]
 GAP_REASONS = ("offset_expired", "file_expired")
-# An error's text as stored (an exception's message; never a file's content).
-MAX_ERROR = 1000
+MAX_ERROR = 1000  # an error's text as stored (an exception's message; never a file's content)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +104,6 @@ def contact_keys(contacts: Iterable[tuple[int, int]] | None) -> list[str]:
     return sorted({f"{portal}:{contact}" for portal, contact in contacts})
 
 
-def _cut(error: str) -> str:
-    return error[:MAX_ERROR]
-
-
 # --- the cursor ----------------------------------------------------------------------------------
 
 _ENSURE = sa.text(
@@ -175,7 +170,7 @@ def note_error(connection: sa.Connection, journal: str, error: str) -> None:
             "UPDATE journal_cursors SET errors = errors + 1, last_error = :error,"
             " last_error_at = now(), updated_at = now() WHERE journal = :journal"
         ),
-        {"journal": journal, "error": _cut(error)},
+        {"journal": journal, "error": error[:MAX_ERROR]},
     )
 
 
@@ -225,7 +220,7 @@ def record_entry(
             "events": events,
             "stored": stored,
             "status": status,
-            "error": None if error is None else _cut(error),
+            "error": None if error is None else error[:MAX_ERROR],
             "contacts": contact_keys(contacts),
         },
     )
@@ -403,7 +398,7 @@ def gap_reconciled(connection: sa.Connection, gap_id: int, *, error: str | None 
             "UPDATE journal_gaps SET reconciled_at = CASE WHEN CAST(:error AS text) IS NULL"
             " THEN now() END, reconcile_error = :error WHERE id = :id"
         ),
-        {"id": gap_id, "error": None if error is None else _cut(error)},
+        {"id": gap_id, "error": None if error is None else error[:MAX_ERROR]},
     )
 
 
