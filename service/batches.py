@@ -104,7 +104,8 @@ def parse_batch(body: bytes) -> Batch:
         slow = True
     if slow:
         _check_numbers(events)
-    if _UNSTORABLE_ESCAPE.search(body):
+    # `in` finds no "\u" in a HubSpot body at memchr speed; the pattern scan costs ~10 µs.
+    if b"\\u" in body and _UNSTORABLE_ESCAPE.search(body):
         events = _storable(events)
         json_text = json.dumps(events, ensure_ascii=False)
     return Batch(events=events, json_text=json_text)

@@ -112,11 +112,20 @@ def record_events(connection: sa.Connection, json_text: str, *, source: str) -> 
     )
 
 
-class Notifier:
-    """Wakes the workers after deliveries were stored: one NOTIFY per few milliseconds at most,
-    in its own transaction, however many deliveries asked (workers also poll as a fallback)."""
+# At most one NOTIFY per this many seconds. The first delivery after a quiet spell notifies at
+# once; under sustained load (when the workers are busy anyway) a NOTIFY per 5 ms was 200 round
+# trips a second and ~4% of the web process's CPU (bench/README.md), one per 25 ms is 40.
+NOTIFY_INTERVAL_SECONDS = 0.025
 
-    def __init__(self, pool: AsyncConnectionPool, *, interval: float = 0.005) -> None:
+
+class Notifier:
+    """Wakes the workers after deliveries were stored: one NOTIFY per NOTIFY_INTERVAL_SECONDS at
+    most, in its own transaction, however many deliveries asked (workers also poll as a
+    fallback)."""
+
+    def __init__(
+        self, pool: AsyncConnectionPool, *, interval: float = NOTIFY_INTERVAL_SECONDS
+    ) -> None:
         self._pool = pool
         self._interval = interval
         self._wanted = asyncio.Event()

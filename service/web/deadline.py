@@ -32,6 +32,7 @@ import asyncio
 import logging
 import select
 import time
+from functools import partial
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -124,11 +125,20 @@ class DeliveryStore:
         """Store `batch` before the deadline of the request that began at `started`
         (time.perf_counter()). Raises what the pool or Postgres raised, or DeadlineExceeded."""
         deadline = started + self.seconds
-        attempt = asyncio.ensure_future(self._store(batch, version, deadline))
+        loop = asyncio.get_running_loop()
+        attempt = loop.create_task(self._store(batch, version, deadline))
+        # asyncio.wait's work, without its sets: one future released by the attempt's end or
+        # by the timer, whichever comes first.
+        waiter = loop.create_future()
+        release = partial(_release, waiter)
+        attempt.add_done_callback(release)
+        left = deadline - time.perf_counter()
+        timer = loop.call_later(max(0.0, left) + GRACE_SECONDS, release, None)
         try:
-            left = deadline - time.perf_counter()
-            await asyncio.wait({attempt}, timeout=max(0.0, left) + GRACE_SECONDS)
+            await waiter
         finally:
+            timer.cancel()
+            attempt.remove_done_callback(release)
             if not attempt.done():
                 # Cancelling would make psycopg wait for the server to confirm the cancel:
                 # let the attempt end by itself instead.
@@ -189,6 +199,11 @@ class DeliveryStore:
         # Stored after its 503: HubSpot's retry finds it a duplicate; the workers' polling
         # finds the events.
         log.warning("webhook_store_ended_late", extra={"stored": attempt.result().stored})
+
+
+def _release(waiter: asyncio.Future[None], _: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _statement_ms(left: float) -> int:
