@@ -5,9 +5,11 @@ return, and the rules every call follows: it takes a token (the private app toke
 portal's OAuth token from oauth.TokenStore, refreshed once on a 401), first reserves a slot in the
 portal's shared budget (ratelimit.py, `default_budgets`), blocks the bucket for Retry-After on a
 429, retries 5xx and connection errors with backoff and jitter, raises HubSpotError at once on
-other 4xx, and counts every attempt by portal, endpoint and outcome. Paths come from paths.py for
-HUBSPOT_API_VERSION (date-based like 2026-03, or v3); every call goes through the SDK's generic
-request (sdk.send), so both path families parse answers, rate-limit headers and errors alike.
+other 4xx, and counts every attempt by portal, endpoint and outcome (in a transaction of its
+own, or within `counting_into` in the caller's next one: `record_calls`). Paths come from
+paths.py for HUBSPOT_API_VERSION (date-based like 2026-03, or v3); every call goes through the
+SDK's generic request (sdk.send), so both path families parse answers, rate-limit headers and
+errors alike.
 
 The per-minute counts (hubspot_api_call_minutes) are partitioned by day of `minute`;
 `call_log_partitioning` says how service/partitions.py keeps them: a day's partition is dropped
@@ -17,8 +19,11 @@ whole once it is older than API_LOG_RETENTION (no DELETE, whatever the table hol
 from __future__ import annotations
 
 import random
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -60,9 +65,12 @@ __all__ = [
     "from_settings",
     "last_modified_property",
     "ms_of",
+    "record_calls",
 ]
 
 MAX_TRIES = 6
+# Attempts by (portal, endpoint, outcome), counted in memory until `record_calls` writes them.
+CallCounts = Counter[tuple[int, str, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +163,7 @@ class HubSpotApi:
     _observed: dict[tuple[int, str], tuple[int, int]] = field(
         default_factory=dict, init=False, repr=False
     )
+    _deferred: threading.local = field(default_factory=threading.local, init=False, repr=False)
 
     def _request(
         self, method: str, path: str, body: Mapping[str, Any] | None = None
@@ -326,10 +335,23 @@ class HubSpotApi:
             self.limiter.observe(portal_id, bucket, max_calls, window)
             self._observed[(portal_id, bucket)] = (max_calls, window)
 
+    @contextmanager
+    def counting_into(self, counts: CallCounts) -> Iterator[None]:
+        """Within the block, this thread's calls are counted into `counts`, for the caller to
+        write with `record_calls` in a transaction it runs anyway, not each in one of its own."""
+        self._deferred.counts = counts
+        try:
+            yield
+        finally:
+            self._deferred.counts = None
+
     def _count(self, portal_id: int, endpoint: str, outcome: str) -> None:
-        """Count one call in all and in its minute (kept API_LOG_RETENTION)."""
+        into: CallCounts | None = getattr(self._deferred, "counts", None)
+        if into is not None:
+            into[(portal_id, endpoint, outcome)] += 1
+            return
         with self.engine.begin() as connection:
-            connection.execute(_COUNT, {"p": portal_id, "e": endpoint, "o": outcome})
+            record_calls(connection, Counter({(portal_id, endpoint, outcome): 1}))
 
     # --- tokens ----------------------------------------------------------------------------
 
@@ -376,12 +398,18 @@ def from_settings(settings: Settings, engine: sa.Engine) -> HubSpotApi | None:
 
 _COUNT = sa.text(
     "WITH minute AS (INSERT INTO hubspot_api_call_minutes (portal_id, minute, endpoint, outcome,"
-    " calls) VALUES (:p, date_trunc('minute', now()), :e, :o, 1) ON CONFLICT (portal_id, minute,"
-    " endpoint, outcome) DO UPDATE SET calls = hubspot_api_call_minutes.calls + 1)"
-    " INSERT INTO hubspot_api_calls (portal_id, endpoint, outcome, calls) VALUES (:p, :e, :o, 1)"
+    " calls) VALUES (:p, date_trunc('minute', now()), :e, :o, :n) ON CONFLICT (portal_id, minute,"
+    " endpoint, outcome) DO UPDATE SET calls = hubspot_api_call_minutes.calls + excluded.calls)"
+    " INSERT INTO hubspot_api_calls (portal_id, endpoint, outcome, calls) VALUES (:p, :e, :o, :n)"
     " ON CONFLICT (portal_id, endpoint, outcome)"
-    " DO UPDATE SET calls = hubspot_api_calls.calls + 1, last_at = now()"
+    " DO UPDATE SET calls = hubspot_api_calls.calls + excluded.calls, last_at = now()"
 )
+
+
+def record_calls(connection: sa.Connection, counts: CallCounts) -> None:
+    """Count calls in all and in their minute (kept API_LOG_RETENTION), in this transaction."""
+    for (portal_id, endpoint, outcome), calls in sorted(counts.items()):
+        connection.execute(_COUNT, {"p": portal_id, "e": endpoint, "o": outcome, "n": calls})
 
 
 def call_log_partitioning(

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from service import inbox, outbox, portals
+from service import fetches, inbox, outbox, portals
 from service.ops.commands import operator_database
 from service.settings import Settings
 
@@ -72,6 +72,7 @@ def resume(settings: Settings, portal: int) -> int:
             return 0
         inbox.wake(connection)
         outbox.wake(connection)
+        fetches.wake(connection)
         waiting = portals.backlogs(connection).get(portal)
     due = waiting.due if waiting is not None else 0
     sys.stdout.write(f"resumed portal {portal}: {due} events due, the workers are woken\n")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from service import db, outbox
+from service import db, fetches, outbox
 from service.hubspot import client, journal
 from service.hubspot.hydration import Hydrator
 from service.hubspot.pipelines import refresh_stale
@@ -136,14 +136,16 @@ def _engine(settings: Settings) -> sa.Engine:
             "DATABASE_URL is not set: `worker` needs the service's database"
             " (only `worker --drain` falls back to dev's embedded one)"
         )
-    return db.create_engine(settings.database_url, pool_size=2)
+    # The stages share one pool; the pipelined hydrate stage alone uses up to 5 connections at
+    # once (its read, two claim threads, two writers).
+    return db.create_engine(settings.database_url, pool_size=4)
 
 
 @contextmanager
 def in_background(settings: Settings, url: str) -> Iterator[None]:
     """`dev` runs a worker beside the web server, in threads, until the server stops."""
     rules = load_rules(settings)
-    engine = db.create_engine(url, pool_size=3)
+    engine = db.create_engine(url, pool_size=4)
     stop = threading.Event()
     apply = _apply_stage(settings, engine, rules)
     thread = threading.Thread(target=apply.run, args=(stop,), name="worker", daemon=True)
@@ -238,7 +240,14 @@ def _stages(
                 return 0  # then wait
 
             start("pipelines", stage_labels, PIPELINES_REFRESH_SECONDS, None)
-        start("hydrate", hydrator.run_once, settings.worker_poll_seconds, None)
+        # Woken by the fetch queue's NOTIFY: records asked for by the apply stage (creations,
+        # restores, merges) are fetched at once, not at the next poll.
+        start(
+            "hydrate",
+            hydrator.run_once,
+            settings.worker_poll_seconds,
+            Wakeup(engine, fetches.CHANNEL),
+        )
     if settings.alert_slack_webhook_url or settings.alert_webhook_url:
         start("alerts", Alerts(engine, settings).step, settings.alert_interval_seconds, None)
     reader = journal.from_settings(settings, engine)  # HUBSPOT_EVENT_SOURCE journal or both

@@ -8,7 +8,7 @@ import subprocess
 import psycopg
 import sqlalchemy as sa
 
-from service import db, inbox, outbox
+from service import db, fetches, inbox, outbox
 from service.rules.registry import Registry
 from service.worker.apply import Worker
 from tests.factories import PORTAL, numbered_event
@@ -57,16 +57,16 @@ def test_pause_list_and_resume_a_portal_while_its_events_keep_arriving(
     assert "was not paused" in again.stderr
 
 
-def test_resume_wakes_the_apply_and_act_stages(clean_db: str) -> None:
+def test_resume_wakes_the_apply_act_and_hydrate_stages(clean_db: str) -> None:
     assert portals_cli(clean_db, "pause", str(PORTAL)).returncode == 0
     with psycopg.connect(db.libpq_url(clean_db), autocommit=True) as listener:
-        listener.execute(f"LISTEN {inbox.INBOX_CHANNEL}")
-        listener.execute(f"LISTEN {outbox.ACTIONS_CHANNEL}")
+        for channel in (inbox.INBOX_CHANNEL, outbox.ACTIONS_CHANNEL, fetches.CHANNEL):
+            listener.execute(f"LISTEN {channel}")
 
         assert portals_cli(clean_db, "resume", str(PORTAL)).returncode == 0
 
-        channels = {n.channel for n in listener.notifies(timeout=5, stop_after=2)}
-    assert channels == {inbox.INBOX_CHANNEL, outbox.ACTIONS_CHANNEL}
+        channels = {n.channel for n in listener.notifies(timeout=5, stop_after=3)}
+    assert channels == {inbox.INBOX_CHANNEL, outbox.ACTIONS_CHANNEL, fetches.CHANNEL}
 
 
 def test_a_portal_id_hubspot_cannot_have_issued_is_refused(clean_db: str) -> None:

@@ -246,11 +246,13 @@ async def list_portals(request: Request) -> Response:
 
 
 def resume_portal(connection: Any, portal: int) -> bool:
-    """Resume the portal and wake the apply and act stages; False when it was not paused."""
+    """Resume the portal and wake the apply, act and hydrate stages; False when it was not
+    paused."""
     resumed = portals.resume(connection, portal)
     if resumed:
         inbox.wake(connection)
         outbox.wake(connection)
+        fetches.wake(connection)
     return resumed
 
 
