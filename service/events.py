@@ -30,7 +30,8 @@ class Kind(StrEnum):
     OTHER = "other"
 
 
-_KINDS = {
+# The part of a subscription type after the dot, and the kind it names.
+KINDS = {
     "creation": Kind.CREATION,
     "deletion": Kind.DELETION,
     "restore": Kind.RESTORE,
@@ -190,7 +191,7 @@ def normalise(inbox_id: int, raw: Mapping[str, Any]) -> Event:
     """
     subscription_type = str(raw.get("subscriptionType") or raw.get("eventType") or "")
     prefix, _, action = subscription_type.partition(".")
-    kind = _KINDS.get(action, Kind.OTHER)
+    kind = KINDS.get(action, Kind.OTHER)
     if prefix == "object":
         object_type = object_type_from_id(_generic_type_id(raw, kind))
     else:

@@ -18,11 +18,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from service import heartbeats
+from service import db, heartbeats
 from service.settings import Settings
 from service.worker.act import ActionRunner
 from service.worker.loop import run_loop
 from service.worker.upkeep import Alerts
+from tests.factories import WEBHOOK_SECRET
 from tests.receivers import Receiver
 from tests.support import ROOT
 
@@ -80,6 +81,35 @@ class AlertFleet:
         """Change the database as time or another process would (tests move time, never sleep)."""
         with self.engine.begin() as connection:
             connection.execute(sa.text(statement), params)
+
+
+@contextmanager
+def alert_fleet(
+    url: str, engine: sa.Engine, receiver: Receiver, **env: str
+) -> Iterator[AlertFleet]:
+    """Two workers' alert loops (an engine each, as two processes would have) on the database at
+    `url`, with Slack and a signed webhook configured on the local receiver, ALERT_LAG 5m unless
+    `env` says otherwise, and one live worker heartbeat."""
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": url,
+            "ALERT_SLACK_WEBHOOK_URL": receiver.url_for(ALERT_SLACK_PATH),
+            "ALERT_WEBHOOK_URL": receiver.url_for(ALERT_HOOK_PATH),
+            "ALERT_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "ALERT_LAG": "5m",
+            **env,
+        }
+    )
+    engines = [db.create_engine(url, pool_size=2) for _ in range(2)]
+    runner = ActionRunner(engine, [], settings)
+    fleet = AlertFleet(engine, settings, [Alerts(e, settings) for e in engines], runner, receiver)
+    fleet.beat()
+    try:
+        yield fleet
+    finally:
+        runner.close()
+        for e in engines:
+            e.dispose()
 
 
 def received(receiver: Receiver) -> list[tuple[str, str]]:

@@ -11,7 +11,6 @@ journal's calls are exempt from the daily and ten-secondly limits but may still 
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -26,6 +25,7 @@ from service.hubspot.sdk import (
     ApiRequestException,
     HubSpotError,
     HubSpotUnavailable,
+    error_text,
     send,
 )
 from service.settings import Settings
@@ -49,13 +49,9 @@ class AppAuthError(HubSpotError):
     """HubSpot refused the app's client credentials (wrong id or secret, or a scope)."""
 
 
-def _message(exc: ApiRequestException) -> str:
-    try:
-        data = json.loads(exc.body) if exc.body else {}
-    except ValueError:
-        data = {}
-    text = data.get("message") if isinstance(data, dict) else None
-    return str(text or exc.reason or f"HTTP {exc.status}")[:300]
+def error_message(exc: ApiRequestException) -> str:
+    """HubSpot's message for a refused call (sdk.error_text), at most 300 characters."""
+    return (error_text(exc)[0] or f"HTTP {exc.status}")[:300]
 
 
 @dataclass
@@ -104,7 +100,8 @@ class AppToken:
                     f"client credentials: HubSpot answered {exc.status}", status=exc.status
                 ) from None
             raise AppAuthError(
-                f"HubSpot refused the app's client credentials ({exc.status}): {_message(exc)}",
+                f"HubSpot refused the app's client credentials ({exc.status}):"
+                f" {error_message(exc)}",
                 status=exc.status,
             ) from None
         except TRANSPORT_ERRORS as exc:
@@ -161,7 +158,7 @@ class AppApi:
                 if exc.status != 429 and exc.status < 500:
                     raise HubSpotError(
                         f"{method} {path.partition('?')[0]}: HubSpot answered {exc.status}:"
-                        f" {_message(exc)}",
+                        f" {error_message(exc)}",
                         status=exc.status,
                     ) from None
                 last = f"HubSpot answered {exc.status}"

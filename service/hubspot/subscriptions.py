@@ -16,7 +16,6 @@ URL, so nothing here ever logs or raises a URL, only the path.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -26,7 +25,7 @@ from urllib.parse import quote
 
 import requests
 
-from service.hubspot.appauth import AppApi
+from service.hubspot.appauth import AppApi, error_message
 from service.hubspot.sdk import (
     TRANSPORT_ERRORS,
     ApiRequestException,
@@ -343,7 +342,7 @@ def legacy_list(
             break
         except ApiRequestException as exc:
             if exc.status != 429 and exc.status < 500:
-                text = _message(exc.body, exc.status).replace(developer_api_key, "***")
+                text = error_message(exc).replace(developer_api_key, "***")
                 raise HubSpotError(
                     f"GET {path}: HubSpot answered {exc.status}: {text}", status=exc.status
                 ) from None
@@ -367,12 +366,3 @@ def _legacy(item: Mapping[str, Any]) -> LegacySubscription:
         object_type_id=_str(item.get("objectTypeId")),
         event_type_name=_str(item.get("eventTypeName")),
     )
-
-
-def _message(body: str, status: int) -> str:
-    try:
-        data = json.loads(body) if body else {}
-    except ValueError:
-        data = {}
-    text = data.get("message") if isinstance(data, dict) else None
-    return str(text or f"HTTP {status}")[:300]

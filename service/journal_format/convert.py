@@ -46,7 +46,7 @@ CLASSIC_PREFIXES = {
     "0-8": "line_item",
 }
 # Journal actions and the push event kind (the part after the dot) each maps to.
-_KINDS = {
+ACTION_KINDS = {
     "CREATE": "creation",
     "DELETE": "deletion",
     "RESTORE": "restore",
@@ -179,7 +179,7 @@ def _action_events(source: _Source, raw: Mapping[str, Any]) -> list[dict[str, An
             source.base["objectId"] = merge["primaryObjectId"]
         tail = sorted(merge.get("mergedObjectIds", []))
         return [source.push("merge", extra=merge, tail=tail)]
-    kind = _KINDS.get(source.action)
+    kind = ACTION_KINDS.get(source.action)
     if kind == "associationChange":
         other = _association_fields(raw, source)
         tail = [other.get(k) for k in ("toObjectTypeId", "toObjectId", "associationTypeId")]

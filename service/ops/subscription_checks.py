@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.events import CLASSIC_TYPES, Kind, is_mirrored, object_type_from_id
+from service.events import CLASSIC_TYPES, KINDS, Kind, is_mirrored, object_type_from_id
 from service.hubspot import appauth
 from service.hubspot import subscriptions as journal
 from service.hubspot.sdk import HubSpotError
 from service.hubspot.subscriptions import LegacySubscription, Subscription
+from service.journal_format.convert import ACTION_KINDS
 from service.ops.checks import Check
 from service.ops.subscriptions_file import SubscriptionsFileError, load_file, object_type_id
 from service.rules.language import Rule
@@ -38,26 +39,12 @@ Event = tuple[str, Kind, str | None]
 UNSUBSCRIBABLE = frozenset(
     {"createdate", "lastmodifieddate", "hs_lastmodifieddate", "hs_object_id"}
 )
+# A journal subscription's action -> the kind of the events it delivers (a CREATE's property
+# values aside; UPDATE is what delivers property changes), as service.journal_format reads them.
 _JOURNAL_KINDS: Mapping[str, Kind] = {
-    "CREATE": Kind.CREATION,
-    "UPDATE": Kind.PROPERTY_CHANGE,
-    "DELETE": Kind.DELETION,
-    "MERGE": Kind.MERGE,
-    "RESTORE": Kind.RESTORE,
-    "ASSOCIATION_ADDED": Kind.ASSOCIATION_CHANGE,
-    "ASSOCIATION_REMOVED": Kind.ASSOCIATION_CHANGE,
-    "GDPR_DELETE": Kind.PRIVACY_DELETION,
-}
-_PUSH_KINDS: Mapping[str, Kind] = {
-    "creation": Kind.CREATION,
-    "deletion": Kind.DELETION,
-    "restore": Kind.RESTORE,
-    "propertyChange": Kind.PROPERTY_CHANGE,
-    "merge": Kind.MERGE,
-    "associationChange": Kind.ASSOCIATION_CHANGE,
-    "privacyDeletion": Kind.PRIVACY_DELETION,
-}
-_PUSH_NAMES = {kind: name for name, kind in _PUSH_KINDS.items()}
+    action: KINDS[push] for action, push in ACTION_KINDS.items()
+} | {"UPDATE": Kind.PROPERTY_CHANGE}
+_PUSH_NAMES = {kind: name for name, kind in KINDS.items()}
 _JOURNAL_ACTIONS = {
     Kind.CREATION: "create",
     Kind.DELETION: "delete",
@@ -116,7 +103,7 @@ def from_journal(subscriptions: Iterable[Subscription]) -> set[Event]:
 
 def _push(event_type: str, object_type: str | None, prop: str | None) -> Event | None:
     prefix, _, action = event_type.partition(".")
-    kind = _PUSH_KINDS.get(action)
+    kind = KINDS.get(action)
     if prefix == "object":
         type_id = object_type_id(object_type or "")
         name = object_type_from_id(type_id) if type_id else None

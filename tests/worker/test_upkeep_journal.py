@@ -10,11 +10,9 @@ import pytest
 import sqlalchemy as sa
 from standardwebhooks.webhooks import Webhook
 
-from service import db, journal
-from service.settings import Settings
-from service.worker.act import ActionRunner
-from service.worker.upkeep import Alerts, safe_line
-from tests.alerting import ALERT_HOOK_PATH, ALERT_SLACK_PATH, AlertFleet
+from service import journal
+from service.worker.upkeep import safe_line
+from tests.alerting import ALERT_HOOK_PATH, AlertFleet, alert_fleet
 from tests.factories import WEBHOOK_SECRET, journal_read
 from tests.receivers import Receiver
 
@@ -53,23 +51,8 @@ def a_gap(connection: sa.Connection) -> int:
 def quick_fleet(clean_db: str, engine: sa.Engine, receiver: Receiver) -> Iterator[AlertFleet]:
     """The two workers' alert loops of the `fleet` fixture with ALERT_LAG at 200 ms, so that a
     round of the loops (0.6 s) is longer than it."""
-    settings = Settings.from_env(
-        {
-            "DATABASE_URL": clean_db,
-            "ALERT_SLACK_WEBHOOK_URL": receiver.url_for(ALERT_SLACK_PATH),
-            "ALERT_WEBHOOK_URL": receiver.url_for(ALERT_HOOK_PATH),
-            "ALERT_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "ALERT_LAG": "200ms",
-        }
-    )
-    engines = [db.create_engine(clean_db, pool_size=2) for _ in range(2)]
-    runner = ActionRunner(engine, [], settings)
-    fleet = AlertFleet(engine, settings, [Alerts(e, settings) for e in engines], runner, receiver)
-    fleet.beat()
-    yield fleet
-    runner.close()
-    for e in engines:
-        e.dispose()
+    with alert_fleet(clean_db, engine, receiver, ALERT_LAG="200ms") as built:
+        yield built
 
 
 def test_a_journal_reader_without_trouble_does_not_alert(fleet: AlertFleet) -> None:
