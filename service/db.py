@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -47,8 +48,15 @@ def utcnow() -> datetime:
 
 
 def json_rows(rows: Iterable[Mapping[str, Any]]) -> str:
-    """Rows as one JSON array, for `jsonb_to_recordset(CAST(:rows AS jsonb))` in one statement."""
-    return json.dumps(list(rows), ensure_ascii=False)
+    """Rows as one JSON array, for `jsonb_to_recordset(CAST(:rows AS jsonb))` in one statement.
+
+    orjson writes it (a batch's parameters were ~10% of the apply stage's CPU with json); what
+    orjson refuses (an integer beyond 64 bits, a key that is not a string) json writes."""
+    documents = list(rows)
+    try:
+        return orjson.dumps(documents).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(documents, ensure_ascii=False)
 
 
 def where(

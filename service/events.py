@@ -40,6 +40,8 @@ KINDS = {
     "associationChange": Kind.ASSOCIATION_CHANGE,
     "privacyDeletion": Kind.PRIVACY_DELETION,
 }
+_OTHER = Kind.OTHER  # member lookups on an enum class are slow; normalise runs per event
+_ASSOCIATION_CHANGE = Kind.ASSOCIATION_CHANGE
 
 # Classic subscription prefixes and the standard objectTypeIds, mapped to CRM API object names.
 CLASSIC_TYPES = {
@@ -94,6 +96,11 @@ _PROPERTY_NAME_RULES = {
     _PROPERTY_NAME: "a lowercase letter, then lowercase letters, digits or underscores",
     _THREAD_PROPERTY_NAME: "a lowercase letter, then letters, digits or underscores",
 }
+# Names already found good, so the same few hundred names are not matched again per event (a
+# portal has a bounded set of properties; past this many, names are matched each time).
+_GOOD_NAMES: set[tuple[re.Pattern[str], str]] = set()
+_GOOD_NAMES_KEPT = 10_000
+_MISSING = object()
 _TYPE_ID = re.compile(r"[0-9]{1,10}-[0-9]{1,20}")  # 0-1, 2-3456789
 _ASSOCIATION_CATEGORY = re.compile(r"[A-Z][A-Z_]{0,63}")  # HUBSPOT_DEFINED, USER_DEFINED, ...
 _ASSOCIATION_TYPE = re.compile(r"[A-Z][A-Z0-9_]{0,99}")  # CONTACT_TO_COMPANY, ...
@@ -189,41 +196,48 @@ def normalise(inbox_id: int, raw: Mapping[str, Any]) -> Event:
     64-bit non-negative integers (booleans and fractions included), junk property names,
     associations without their ids or type.
     """
-    subscription_type = str(raw.get("subscriptionType") or raw.get("eventType") or "")
+    # Once per event per batch: kept lean (the enum members as module constants, one lookup
+    # per field, the optional fields skipped when absent); the checks are the same.
+    get = raw.get
+    subscription_type = get("subscriptionType") or get("eventType") or ""
+    if type(subscription_type) is not str:
+        subscription_type = str(subscription_type)
     prefix, _, action = subscription_type.partition(".")
-    kind = KINDS.get(action, Kind.OTHER)
+    kind = KINDS.get(action, _OTHER)
     if prefix == "object":
         object_type = object_type_from_id(_generic_type_id(raw, kind))
     else:
         object_type = CLASSIC_TYPES.get(prefix, prefix)
     object_id = _id(raw, "objectId")
-    if object_id is None and kind is Kind.ASSOCIATION_CHANGE:
+    if object_id is None and kind is _ASSOCIATION_CHANGE:
         # Association events name their object in fromObjectId (as the inbox key does).
         object_id = _id(raw, "fromObjectId")
-    for name in ("subscriptionId", "attemptNumber"):
-        _id(raw, name)
+    _id(raw, "subscriptionId")
+    _id(raw, "attemptNumber")
+    change_source = get("changeSource")
+    source_id = get("sourceId")
     return Event(
-        inbox_id=inbox_id,
-        portal_id=_required_id(raw, "portalId"),
-        object_type=object_type,
-        object_id=object_id,
-        kind=kind,
-        occurred_at=_required_id(raw, "occurredAt"),
-        subscription_type=subscription_type,
-        event_id=_required_id(raw, "eventId"),
-        property_name=_property_name(raw, object_type),
-        property_value=_property_value(raw),
-        change_source=_str(raw.get("changeSource")),
-        source_id=_str(raw.get("sourceId")),
-        app_id=_id(raw, "appId"),
-        survivor_id=_id(raw, "newObjectId") or _id(raw, "primaryObjectId"),
-        merged_ids=_merged_ids(raw),
-        association=(
+        inbox_id,
+        _required_id(raw, "portalId"),
+        object_type,
+        object_id,
+        kind,
+        _required_id(raw, "occurredAt"),
+        subscription_type,
+        _required_id(raw, "eventId"),
+        _property_name(raw, object_type),
+        _property_value(raw),
+        None if change_source is None else str(change_source),
+        None if source_id is None else str(source_id),
+        _id(raw, "appId"),
+        _id(raw, "newObjectId") or _id(raw, "primaryObjectId"),
+        _merged_ids(raw),
+        (
             _association(raw, object_type, generic=prefix == "object")
-            if kind is Kind.ASSOCIATION_CHANGE
+            if kind is _ASSOCIATION_CHANGE
             else None
         ),
-        raw=raw,
+        raw,
     )
 
 
@@ -276,12 +290,16 @@ def _property_name(raw: Mapping[str, Any], object_type: str) -> str | None:
     if not isinstance(name, str):
         raise InvalidEvent(f"propertyName must be a string, got {json_type(name)}")
     form = _THREAD_PROPERTY_NAME if object_type == "conversations" else _PROPERTY_NAME
+    if (form, name) in _GOOD_NAMES:
+        return name
     if form.fullmatch(name) is None:
         shown = name if len(name) <= 100 else f"{name[:100]}..."
         raise InvalidEvent(
             f"propertyName {shown!r} is not a HubSpot internal name"
             f" ({_PROPERTY_NAME_RULES[form]}, at most 100 characters)"
         )
+    if len(_GOOD_NAMES) < _GOOD_NAMES_KEPT:
+        _GOOD_NAMES.add((form, name))
     return name
 
 
@@ -373,14 +391,19 @@ def inverse_association_type(association_type: str) -> str | None:
 
 
 def _required_id(raw: Mapping[str, Any], name: str) -> int:
-    if name not in raw:
+    value = raw.get(name, _MISSING)
+    if type(value) is int and 0 <= value <= INT64_MAX:  # the common case, first and cheap
+        return value
+    if value is _MISSING:
         raise InvalidEvent(f"missing required field {name}")
-    return _parse_id(raw[name], name)
+    return _parse_id(value, name)
 
 
 def _id(raw: Mapping[str, Any], name: str) -> int | None:
     value = raw.get(name)
-    return None if value is None else _parse_id(value, name)
+    if value is None or (type(value) is int and 0 <= value <= INT64_MAX):
+        return value
+    return _parse_id(value, name)
 
 
 def _parse_id(value: object, name: str) -> int:
@@ -403,7 +426,3 @@ def _flag(raw: Mapping[str, Any], name: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidEvent(f"{name} must be a boolean, got {json_type(value)}")
     return value
-
-
-def _str(value: object) -> str | None:
-    return None if value is None else str(value)

@@ -10,6 +10,8 @@ from typing import Any, cast
 import orjson
 import sqlalchemy as sa
 
+from service import db
+
 # --- the worker's side: claim due rows, settle them ------------------------------------------
 
 # Backoff after a failed attempt n (1-based): 5 s doubling to at most an hour, times 0.5-1.5
@@ -160,5 +162,5 @@ def settle(connection: sa.Connection, outcomes: list[Outcome], *, max_attempts: 
         for o in outcomes
     ]
     stamps = [o.occurred_at for o in outcomes]
-    params = {"rows": json.dumps(rows), "low": min(stamps), "high": max(stamps)}
+    params = {"rows": db.json_rows(rows), "low": min(stamps), "high": max(stamps)}
     connection.execute(_SETTLE, {**params, "max_attempts": max_attempts})

@@ -40,15 +40,24 @@ MIRROR_KINDS = frozenset(
 )
 
 
+# Member lookups on an enum class are slow, and handles() runs twice per event.
+_PRIVACY_DELETION, _ASSOCIATION_CHANGE, _MERGE = (
+    Kind.PRIVACY_DELETION,
+    Kind.ASSOCIATION_CHANGE,
+    Kind.MERGE,
+)
+
+
 def handles(event: Event) -> bool:
     """Whether the built-in mirror has something to do with `event`."""
-    if not is_mirrored(event.object_type) or event.kind not in MIRROR_KINDS:
+    kind = event.kind
+    if kind not in MIRROR_KINDS or not is_mirrored(event.object_type):
         return False
-    if event.kind is Kind.PRIVACY_DELETION:
+    if kind is _PRIVACY_DELETION:
         return event.object_type == "contacts" and event.object_id is not None
-    if event.kind is Kind.ASSOCIATION_CHANGE:
+    if kind is _ASSOCIATION_CHANGE:
         return event.association is not None
-    if event.kind is Kind.MERGE:
+    if kind is _MERGE:
         return event.survivor_id is not None
     return event.object_id is not None
 
