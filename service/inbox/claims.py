@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import orjson
 import sqlalchemy as sa
@@ -21,8 +20,9 @@ _BACKOFF_SQL = "least(3600, 5 * power(2, least(i.attempts, 20))) * (0.5 + random
 
 # A row is named by (id, occurred_at): id has an index per partition, so a statement by id alone
 # probes them all; with occurred_at, the partition key, pruning leaves one per row (see _SETTLE).
-@dataclass(frozen=True, slots=True)
-class Claimed:
+# Named tuples, not frozen dataclasses: one of each is made per row per batch, and a frozen
+# dataclass's __init__ costs several times a tuple's (bench/README.md, issue 13).
+class Claimed(NamedTuple):
     """A due inbox row, locked by the claiming transaction."""
 
     id: int
@@ -30,8 +30,7 @@ class Claimed:
     payload: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """How applying one claimed row ended: done, ignored or failed (with the error)."""
 
     id: int
