@@ -181,7 +181,7 @@ class TrustedProxies:
         """Whether the peer at `host` (an IP address) is one of the trusted proxies."""
         if self.any:
             return True
-        if host is None:
+        if host is None or not self.networks:  # none trusted (the default): no address to parse
             return False
         try:
             address = ipaddress.ip_address(host)
